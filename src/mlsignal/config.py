@@ -1,0 +1,107 @@
+"""Frozen, typed settings read once at the edge (CLI, environment).
+
+Nothing here imports torch at module level: a remote-only trading host reads its settings
+without it. :func:`resolve_device` imports torch only when it has to look for CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mlsignal.errors import ConfigError, DeviceUnavailableError
+
+DEVICE_ENV = "ML_INFERENCE_DEVICE"
+BACKEND_ENV = "ML_INFERENCE_BACKEND"
+API_URL_ENV = "GPU_INFERENCE_API_URL"
+API_KEY_ENV = "GPU_INFERENCE_API_KEY"
+TIMEOUT_ENV = "GPU_INFERENCE_TIMEOUT"
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+BACKENDS = ("torch", "onnx")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Inference settings. ``device`` is as asked (``auto``), not yet resolved."""
+
+    device: str = "auto"
+    backend: str = "torch"
+    api_urls: tuple[str, ...] = ()
+    api_key: str | None = None
+    timeout_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_device_spec(self.device)
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"{BACKEND_ENV}={self.backend!r} is not a backend; choose one of {', '.join(BACKENDS)}"
+            )
+        if not self.timeout_s > 0:
+            raise ConfigError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {self.timeout_s}")
+
+    def __repr__(self) -> str:  # never show the key
+        key = "***" if self.api_key else None
+        return (
+            f"Settings(device={self.device!r}, backend={self.backend!r}, "
+            f"api_urls={self.api_urls!r}, api_key={key}, timeout_s={self.timeout_s})"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from the environment (or ``env``); unset variables keep defaults."""
+        env = os.environ if env is None else env
+        timeout_raw = env.get(TIMEOUT_ENV, "").strip()
+        try:
+            timeout_s = float(timeout_raw) if timeout_raw else 3.0
+        except ValueError:
+            raise ConfigError(f"{TIMEOUT_ENV}={timeout_raw!r} is not a number of seconds") from None
+        urls = tuple(u.strip() for u in env.get(API_URL_ENV, "").split(",") if u.strip())
+        return cls(
+            device=env.get(DEVICE_ENV, "").strip().lower() or "auto",
+            backend=env.get(BACKEND_ENV, "").strip().lower() or "torch",
+            api_urls=urls,
+            api_key=env.get(API_KEY_ENV, "").strip() or None,
+            timeout_s=timeout_s,
+        )
+
+
+def check_device_spec(spec: str) -> str:
+    """Return ``spec`` if it is a valid device setting, else raise :class:`ConfigError`."""
+    if not isinstance(spec, str) or not _DEVICE_RE.match(spec):
+        raise ConfigError(
+            f"{DEVICE_ENV}={spec!r} is not a device; choose one of {', '.join(DEVICE_CHOICES)}"
+        )
+    return spec
+
+
+def resolve_device(spec: str | None = None) -> str:
+    """Turn a device setting into a concrete torch device string (``cpu`` or ``cuda:N``).
+
+    ``None`` reads ``ML_INFERENCE_DEVICE`` (default ``auto``). ``auto`` picks ``cuda:0`` when
+    CUDA is available, else ``cpu``. Asking for CUDA where there is none, or for a GPU index
+    that does not exist, raises :class:`DeviceUnavailableError`: never a silent CPU run.
+    """
+    spec = check_device_spec((spec or os.environ.get(DEVICE_ENV, "") or "auto").strip().lower())
+    if spec == "cpu":
+        return "cpu"
+    import torch  # only now: the remote-only client never gets here
+
+    available = torch.cuda.is_available()
+    if spec == "auto":
+        return "cuda:0" if available else "cpu"
+    if not available:
+        raise DeviceUnavailableError(
+            f"{DEVICE_ENV}={spec!r} asks for CUDA, but torch {torch.__version__} sees no CUDA "
+            f"device here (torch.cuda.is_available() is False); use 'cpu' or 'auto'"
+        )
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceUnavailableError(
+            f"{DEVICE_ENV}={spec!r} asks for GPU {index}, but only {count} CUDA device(s) exist"
+        )
+    return f"cuda:{index}"
