@@ -1,0 +1,1 @@
+"""The ``mlsignal`` command line. Commands import their heavy modules lazily."""

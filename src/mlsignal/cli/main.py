@@ -1,0 +1,132 @@
+"""``mlsignal``: train, enhance, demo, doctor. Errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mlsignal import __version__
+from mlsignal.errors import MLSignalError
+
+DEFAULT_BUNDLE = "artifacts/quick"
+DEFAULT_DATA = "sp500,nasdaq"
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the LSTM + TFT + stack on real data and write a bundle",
+        description="Train on sample data sets (sp500, nasdaq) or CSV/Parquet files with "
+        "purged walk-forward validation, print the out-of-sample metrics, write a bundle.",
+    )
+    p.add_argument("--data", default=DEFAULT_DATA, help="sample names and/or files, comma separated (default: %(default)s)")
+    p.add_argument("--out", required=True, help="bundle directory to write (atomically)")
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"], help="quick: minutes on 2 CPU cores; full: for a GPU box; tiny: tests")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (deterministic on CPU)")
+    p.add_argument("--shuffle-labels", action="store_true", help="control run on permuted labels: must show no skill")
+    p.add_argument("--holdout-bars", type=int, default=0, help="keep the last N bars of each symbol out of training (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_enhance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "enhance",
+        help="enhance the last bar of a data file and print the result",
+        description="Enhance the last bar of CSV/Parquet bars (or a sample name). Without "
+        "--ss/--bs the built-in MACD rule scores are used.",
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)")
+    p.add_argument("--data", required=True, help="CSV/Parquet file of OHLCV bars, or a sample name")
+    p.add_argument("--ss", type=float, help="your sell score, 0..100")
+    p.add_argument("--bs", type=float, help="your buy score, 0..100")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_enhance)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train a quick bundle if needed, then replay recent bars through rules + models",
+        description="What `make run` runs: trains a quick bundle if none exists, replays the "
+        "last bars of the sample data bar by bar and prints a summary.",
+    )
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="data sets (default: %(default)s)")
+    p.add_argument("--bars", type=int, default=300, help="bars to replay per symbol (default: %(default)s)")
+    p.add_argument("--rows", type=int, default=12, help="rows of the table per symbol (default: %(default)s)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)")
+    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"], help="preset if training is needed")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="report Python, torch, CUDA, GPUs, cuDNN, ONNX Runtime, and what `auto` picks",
+        description="Report the inference environment of this machine.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="mlsignal",
+        description="ML-enhanced trading signals: LSTM + TFT + stacking, GARCH regime, Kelly.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlsignal {__version__}")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_enhance, _add_demo, _add_doctor):
+        add(sub)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mlsignal.cli.commands import train
+
+    return train(args)
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    from mlsignal.cli.commands import enhance
+
+    return enhance(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mlsignal.cli.demo import demo
+
+    return demo(args)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from mlsignal.cli.doctor import doctor
+
+    return doctor(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from mlsignal.logs import configure_logging
+
+    configure_logging(args.log_level, args.log_json)
+    try:
+        return int(args.func(args) or 0)
+    except MLSignalError as e:
+        print(f"mlsignal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlsignal {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""A bundle loaded for inference: ``predict(windows) -> (B, 3)`` on a backend and a device."""
+
+from __future__ import annotations
+
+from mlsignal.runtime.base import OUTPUT_NAMES, Runtime, load_runtime
+
+__all__ = ["OUTPUT_NAMES", "Runtime", "load_runtime"]

@@ -1,0 +1,102 @@
+"""The runtime protocol, the golden-output parity gate, and the factory."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mlsignal.bundle import GOLDEN_FILE, Bundle
+from mlsignal.config import BACKENDS
+from mlsignal.errors import ConfigError, FeatureSchemaError, ParityError
+
+log = logging.getLogger(__name__)
+
+#: Columns of every runtime's output array, in order.
+OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
+#: float32 tolerance on ``bull_prob`` between backends and devices.
+PARITY_ATOL = 1e-5
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What the enhancer and the server need from a loaded model."""
+
+    bundle: Bundle
+    backend: str
+    device: str
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Feature windows ``(B, T, F)`` float32 -> outputs ``(B, 3)`` float32 (OUTPUT_NAMES)."""
+        ...
+
+
+def check_windows(windows: np.ndarray, bundle: Bundle) -> np.ndarray:
+    """Return ``windows`` as a C-contiguous float32 ``(B, T, F)`` array, or raise."""
+    schema = bundle.schema
+    arr = np.asarray(windows)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[1:] != (schema.window, schema.n_features):
+        raise FeatureSchemaError(
+            f"feature windows have shape {tuple(np.shape(windows))}; this model expects "
+            f"(batch, {schema.window}, {schema.n_features}) (schema {schema.hash[:12]})"
+        )
+    if arr.shape[0] == 0:
+        raise FeatureSchemaError("feature windows are empty (batch of 0)")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        b, t, f = np.argwhere(~np.isfinite(arr))[0]
+        raise FeatureSchemaError(
+            f"feature window {b} has a non-finite value at step {t}, "
+            f"feature {schema.names[f]!r}"
+        )
+    return arr
+
+
+def check_parity(runtime: Runtime, atol: float = PARITY_ATOL) -> float:
+    """Run the bundle's golden inputs; raise :class:`ParityError` beyond ``atol``.
+
+    Returns the worst absolute difference on ``bull_prob``.
+    """
+    with np.load(runtime.bundle.file(GOLDEN_FILE)) as golden:
+        inputs, expected = golden["inputs"], golden["expected"]
+    got = runtime.predict(inputs)
+    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    worst_bull = float(diff[:, 2].max())
+    worst_all = float(diff.max())
+    if not np.isfinite(got).all() or worst_all > atol:
+        raise ParityError(
+            f"{runtime.backend} on {runtime.device} drifts from the bundle's golden outputs: "
+            f"worst |diff| {worst_all:.3g} (bull_prob {worst_bull:.3g}) > tolerance {atol:g}; "
+            f"refusing to serve bundle {runtime.bundle.model_version}"
+        )
+    log.info(
+        "parity ok: backend=%s device=%s worst_diff=%.3g over %d golden windows",
+        runtime.backend,
+        runtime.device,
+        worst_all,
+        len(inputs),
+    )
+    return worst_bull
+
+
+def load_runtime(
+    bundle: Bundle, device: str | None = None, backend: str = "torch", verify: bool = True
+) -> Runtime:
+    """Load ``bundle`` on ``device`` (a setting: auto, cpu, cuda, cuda:N) with ``backend``.
+
+    With ``verify`` (the default) the golden parity check runs before the runtime is returned,
+    so a runtime that drifts never serves.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        raise ConfigError("the onnx backend is not available yet in this version; use torch")
+    from mlsignal.runtime.torch_runtime import TorchRuntime
+
+    runtime = TorchRuntime(bundle, device)
+    if verify:
+        check_parity(runtime)
+    return runtime

@@ -1,0 +1,57 @@
+"""The PyTorch runtime: weights loaded with ``map_location``, inference mode, numpy out."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from mlsignal.bundle import WEIGHTS_FILE, Bundle
+from mlsignal.config import resolve_device
+from mlsignal.errors import BundleIntegrityError
+from mlsignal.models.signal_model import SignalModel, SignalModelConfig
+from mlsignal.runtime.base import check_windows
+
+log = logging.getLogger(__name__)
+
+
+def build_model(bundle: Bundle, device: str) -> SignalModel:
+    """Instantiate the bundle's SignalModel and load its weights onto ``device``."""
+    config = SignalModelConfig.from_dict(bundle.config["model"])
+    model = SignalModel(config)
+    state = torch.load(bundle.file(WEIGHTS_FILE), map_location=device, weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise BundleIntegrityError(
+            f"bundle {bundle.path}: weights do not fit the model config: {first}"
+        ) from None
+    return model.to(device).eval()
+
+
+class TorchRuntime:
+    """``predict(windows) -> (B, 3)`` with a SignalModel on one torch device."""
+
+    backend = "torch"
+
+    def __init__(self, bundle: Bundle, device: str | None = None) -> None:
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self._torch_device = torch.device(self.device)
+        self.model = build_model(bundle, self.device)
+        log.info(
+            "torch runtime ready: device=%s model=%s contract=%s",
+            self.device,
+            bundle.model_version,
+            bundle.contract_hash[:12],
+        )
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Feature windows ``(B, T, F)`` float32 -> ``(B, 3)`` float32 on the host."""
+        arr = check_windows(windows, self.bundle)
+        with torch.inference_mode():
+            x = torch.from_numpy(arr).to(self._torch_device, non_blocking=False)
+            out = self.model(x)  # (B, 3)
+            return out.float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Labels, purged walk-forward splits, fitting, calibration, evaluation, bundle writing."""

@@ -1,0 +1,62 @@
+"""Named training presets: ``tiny`` (tests), ``quick`` (2 CPU cores, minutes), ``full`` (GPU)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mlsignal.errors import ConfigError
+from mlsignal.training.fit import FitConfig
+from mlsignal.training.labels import LabelConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that sizes a training run. ``embargo`` in bars of the global timeline."""
+
+    name: str
+    n_folds: int
+    lstm_fit: FitConfig
+    tft_fit: FitConfig
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    embargo: int = 5
+    initial_train_frac: float = 0.4
+    val_frac: float = 0.15
+    max_samples_per_symbol: int | None = None
+    n_golden: int = 16
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (recorded in the manifest)."""
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "tiny",
+        n_folds=3,
+        lstm_fit=FitConfig(epochs=2, lr=3e-3, patience=2),
+        tft_fit=FitConfig(epochs=2, lr=2e-3, patience=2),
+        max_samples_per_symbol=900,
+        n_golden=8,
+    ),
+    "quick": Preset(
+        "quick",
+        n_folds=4,
+        lstm_fit=FitConfig(epochs=6, lr=2e-3, patience=2),
+        tft_fit=FitConfig(epochs=6, lr=1e-3, patience=2),
+    ),
+    "full": Preset(
+        "full",
+        n_folds=6,
+        lstm_fit=FitConfig(epochs=40, lr=1e-3, patience=6),
+        tft_fit=FitConfig(epochs=40, lr=5e-4, patience=6),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``, or a :class:`ConfigError` listing the choices."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlsignal.config import Settings, check_device_spec, resolve_device
+from mlsignal.errors import ConfigError, DeviceUnavailableError
+
+
+def test_defaults_from_empty_env():
+    s = Settings.from_env({})
+    assert (s.device, s.backend, s.api_urls, s.api_key, s.timeout_s) == ("auto", "torch", (), None, 3.0)
+
+
+def test_env_is_read_and_normalised():
+    s = Settings.from_env(
+        {
+            "ML_INFERENCE_DEVICE": " CUDA:1 ",
+            "ML_INFERENCE_BACKEND": "onnx",
+            "GPU_INFERENCE_API_URL": "https://a:8000, https://b:8000,",
+            "GPU_INFERENCE_API_KEY": "s3cret",
+            "GPU_INFERENCE_TIMEOUT": "4.5",
+        }
+    )
+    assert s.device == "cuda:1" and s.backend == "onnx"
+    assert s.api_urls == ("https://a:8000", "https://b:8000")
+    assert s.timeout_s == 4.5
+    assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ML_INFERENCE_DEVICE": "gpu"}, "ML_INFERENCE_DEVICE='gpu' is not a device"),
+        ({"ML_INFERENCE_DEVICE": "cuda:x"}, "is not a device"),
+        ({"ML_INFERENCE_BACKEND": "tensorrt"}, "'tensorrt' is not a backend"),
+        ({"GPU_INFERENCE_TIMEOUT": "soon"}, "GPU_INFERENCE_TIMEOUT='soon' is not a number"),
+        ({"GPU_INFERENCE_TIMEOUT": "0"}, "must be a positive number"),
+    ],
+)
+def test_bad_settings_are_errors(env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Settings.from_env(env)
+
+
+def test_resolve_cpu_and_auto():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def test_resolve_reads_env(monkeypatch):
+    monkeypatch.setenv("ML_INFERENCE_DEVICE", "cpu")
+    assert resolve_device(None) == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_cuda_is_a_clear_error(spec):
+    with pytest.raises(DeviceUnavailableError, match="sees no CUDA device"):
+        resolve_device(spec)
+
+
+def test_unknown_device_is_config_error():
+    with pytest.raises(ConfigError, match="choose one of auto, cpu, cuda, cuda:N"):
+        check_device_spec("tpu")
