@@ -1,0 +1,17 @@
+"""Reading, normalising and validating OHLCV bars; built-in real sample data sets."""
+
+from __future__ import annotations
+
+from mlsignal.data.io import normalize_bars, read_bars
+from mlsignal.data.samples import SAMPLES, load_dataset, load_sample
+from mlsignal.data.validate import BAR_COLUMNS, validate_bars
+
+__all__ = [
+    "BAR_COLUMNS",
+    "SAMPLES",
+    "load_dataset",
+    "load_sample",
+    "normalize_bars",
+    "read_bars",
+    "validate_bars",
+]

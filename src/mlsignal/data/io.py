@@ -1,0 +1,227 @@
+"""Reading OHLCV files and normalising what people actually have into canonical bars.
+
+Canonical bars: a ``DatetimeIndex`` named ``timestamp`` (tz-naive, UTC, nanoseconds) and
+float64 columns ``open, high, low, close, volume`` in that order. Rows in error messages are
+0-based positions in the input frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlsignal.data.validate import BAR_COLUMNS, validate_bars
+from mlsignal.errors import DataError, MissingColumnError, PriceError, TimestampError
+
+logger = logging.getLogger(__name__)
+
+# Searched in this order; the first present wins.
+TIMESTAMP_NAMES: tuple[str, ...] = ("timestamp", "datetime", "date", "time")
+ALIASES: dict[str, tuple[str, ...]] = {"volume": ("volume", "vol")}
+CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz")
+PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
+
+# Epoch magnitude -> unit. 1e11 s is the year 5138 while 1e11 ms is 1973, so the largest
+# |value| tells the unit of any date between 1973 and 5138.
+_EPOCH_UNITS: tuple[tuple[float, str], ...] = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
+# Integers in this range read as YYYYMMDD (20200105), not as epoch seconds in 1970.
+_YYYYMMDD = (1800_01_01, 2200_12_31)
+
+
+def read_bars(path: str | Path) -> pd.DataFrame:
+    """Read a ``.csv``, ``.csv.gz``, ``.parquet`` or ``.pq`` file into canonical bars.
+
+    Raises:
+        DataError: the file is missing, has an unknown extension or cannot be parsed;
+            or any error of :func:`normalize_bars`, its message prefixed with the path.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(CSV_SUFFIXES):
+        reader = pd.read_csv
+    elif name.endswith(PARQUET_SUFFIXES):
+        reader = pd.read_parquet
+    else:
+        known = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
+        raise DataError(f"{path}: unknown bars file type; expected one of {known}")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        raw = reader(path)
+    except Exception as exc:  # the readers raise many unrelated types for a bad file
+        raise DataError(f"{path}: cannot read bars file: {exc}") from exc
+    try:
+        return normalize_bars(raw)
+    except DataError as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
+def normalize_bars(raw: pd.DataFrame) -> pd.DataFrame:
+    """Turn OHLCV as people have it into the canonical bars frame, validated.
+
+    Columns match in any case and surrounding whitespace (``Open``, `` Close ``); ``vol`` is
+    accepted for ``volume``; other columns (``Adj Close`` included) are dropped. The
+    timestamp comes from a column named timestamp, datetime, date or time, else the first
+    unnamed column (``Unnamed: 0``), else the index if it is a DatetimeIndex or is named like
+    a timestamp column. Values may be ISO strings, dates, datetimes (tz-aware ones are
+    converted to UTC), YYYYMMDD integers, or epoch s/ms/us/ns told apart by magnitude.
+    Input in strictly descending time order (newest first) is reversed.
+
+    Raises:
+        MissingColumnError: a price, volume or timestamp column is absent.
+        TimestampError: a timestamp cannot be parsed (the message names the row), or
+            timestamps are unsorted or duplicated.
+        PriceError: a value is not a number, or fails :func:`validate_bars`.
+        DataError: the frame is empty or a column is ambiguous.
+    """
+    raw = _flatten_columns(raw)
+    columns = _canonical_columns(raw)
+    stamps = _parse_timestamps(_timestamp_source(raw, columns))
+    data = {name: _to_float(raw[columns[name]], name, stamps) for name in BAR_COLUMNS}
+    bars = pd.DataFrame(data, index=stamps, columns=list(BAR_COLUMNS))
+    bars = _newest_last(bars)
+    return validate_bars(bars)
+
+
+def _canon(label: object) -> str:
+    """``' <Close> '`` -> ``'close'``."""
+    return str(label).strip().strip("<>").strip().lower()
+
+
+def _flatten_columns(raw: pd.DataFrame) -> pd.DataFrame:
+    """Drop constant extra column levels, e.g. yfinance's ``(Price, Ticker)`` columns."""
+    if raw.columns.nlevels == 1:
+        return raw
+    for level in range(raw.columns.nlevels):
+        names = {_canon(x) for x in raw.columns.get_level_values(level)}
+        if names & {"open", "close"}:
+            keep = raw.columns.get_level_values(level)
+            others = [lv for lv in range(raw.columns.nlevels) if lv != level]
+            if all(raw.columns.get_level_values(lv).nunique() == 1 for lv in others):
+                return raw.set_axis(keep, axis=1)
+    raise DataError(
+        f"bars frame has multi-level columns {list(raw.columns)[:6]}...; select one symbol first"
+    )
+
+
+def _canonical_columns(raw: pd.DataFrame) -> dict[str, object]:
+    """Map canonical name -> original column label; raise on missing or ambiguous ones."""
+    wanted = {a for names in ALIASES.values() for a in names} | set(BAR_COLUMNS)
+    wanted |= set(TIMESTAMP_NAMES)
+    found: dict[str, object] = {}
+    for label in raw.columns:
+        key = _canon(label)
+        if key in found and key in wanted:
+            raise DataError(f"columns {found[key]!r} and {label!r} both read as {key!r}")
+        found.setdefault(key, label)
+    columns: dict[str, object] = {}
+    for name in BAR_COLUMNS:
+        for alias in ALIASES.get(name, (name,)):
+            if alias in found:
+                columns[name] = found[alias]
+                break
+    for name in TIMESTAMP_NAMES:
+        if name in found:
+            columns.setdefault("timestamp", found[name])
+    missing = [name for name in BAR_COLUMNS if name not in columns]
+    if missing:
+        raise MissingColumnError(
+            f"missing column(s) {', '.join(missing)}; found {[str(c) for c in raw.columns]}"
+        )
+    return columns
+
+
+def _timestamp_source(raw: pd.DataFrame, columns: dict[str, object]) -> pd.Series:
+    if "timestamp" in columns:
+        return raw[columns["timestamp"]]
+    for label in raw.columns:
+        key = _canon(label)
+        if key in ("", "none", "nan") or key.startswith("unnamed"):
+            return raw[label]
+    index = raw.index
+    if isinstance(index, pd.DatetimeIndex) or _canon(index.name) in TIMESTAMP_NAMES:
+        return pd.Series(index, index=index)
+    raise MissingColumnError(
+        "missing timestamp: no column named "
+        f"{' / '.join(TIMESTAMP_NAMES)}, no unnamed first column and no DatetimeIndex; "
+        f"found {[str(c) for c in raw.columns]}"
+    )
+
+
+def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
+    """Parse a timestamp column into a tz-naive UTC nanosecond DatetimeIndex."""
+    values = values.reset_index(drop=True)
+    numeric = _as_numbers(values)
+    parsed = _parse_numbers(numeric) if numeric is not None else _parse_labels(values)
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raw = values.iloc[pos]
+        what = "is missing" if pd.isna(raw) else f"{raw!r} cannot be parsed"
+        raise TimestampError(f"row {pos}: timestamp {what} (column {values.name!r})")
+    index = pd.DatetimeIndex(parsed).tz_convert(None)
+    try:
+        index = index.as_unit("ns")
+    except (OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
+        raise TimestampError(
+            f"timestamps outside 1677..2262: {index.min()} .. {index.max()}"
+        ) from exc
+    return index.rename("timestamp")
+
+
+def _as_numbers(values: pd.Series) -> pd.Series | None:
+    """The column as numbers if it holds numbers (or numeric strings), else None."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        return None
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype("float64")
+    numbers = pd.to_numeric(values, errors="coerce")  # dates and date strings become NaN
+    return numbers.astype("float64") if numbers.notna().all() else None
+
+
+def _parse_numbers(numbers: pd.Series) -> pd.Series:
+    finite = numbers[np.isfinite(numbers)]
+    if finite.empty:
+        return pd.Series(pd.NaT, index=numbers.index, dtype="datetime64[ns, UTC]")
+    lo, hi = finite.min(), finite.max()
+    is_whole = bool((finite == finite.round()).all())
+    if is_whole and _YYYYMMDD[0] <= lo and hi <= _YYYYMMDD[1]:
+        text = numbers.map(lambda v: f"{v:.0f}" if np.isfinite(v) else "")
+        return pd.to_datetime(text, format="%Y%m%d", utc=True, errors="coerce")
+    biggest = float(finite.abs().max())
+    unit = next((u for limit, u in _EPOCH_UNITS if biggest < limit), "ns")
+    return pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")
+
+
+def _parse_labels(values: pd.Series) -> pd.Series:
+    """Strings, dates and datetimes; naive values are taken as UTC."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "could not infer format"
+        parsed = pd.to_datetime(values, utc=True, errors="coerce")
+        if parsed.isna().any() and not pd.api.types.is_datetime64_any_dtype(values):
+            # Mixed formats (2020-01-02 beside 2020-01-02 10:00) fail the inferred format.
+            parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    return parsed
+
+
+def _to_float(column: pd.Series, name: str, stamps: pd.DatetimeIndex) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = (numbers.isna() & column.notna()).to_numpy()
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise PriceError(f"row {pos} ({stamps[pos]}): {name} {column.iloc[pos]!r} is not a number")
+    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _newest_last(bars: pd.DataFrame) -> pd.DataFrame:
+    """Reverse a strictly newest-first frame (common in exchange and broker exports)."""
+    if len(bars) > 1 and bars.index.is_monotonic_decreasing and bars.index.is_unique:
+        logger.info("bars are newest-first; reversing %d rows to oldest-first", len(bars))
+        return bars.iloc[::-1]
+    return bars
