@@ -1,0 +1,33 @@
+"""Feature schema and bars -> feature windows (the same code for training and serving)."""
+
+from __future__ import annotations
+
+from mlsignal.features.compute import (
+    INDICATOR_LOOKBACK,
+    compute_features,
+    feature_window,
+    feature_windows,
+    ohlcv_arrays,
+    valid_ends,
+)
+from mlsignal.features.schema import (
+    DEFAULT_SCHEMA,
+    FEATURE_CLIP,
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    FeatureSchema,
+)
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "FEATURE_CLIP",
+    "FEATURE_NAMES",
+    "FEATURE_VERSION",
+    "INDICATOR_LOOKBACK",
+    "FeatureSchema",
+    "compute_features",
+    "feature_window",
+    "feature_windows",
+    "ohlcv_arrays",
+    "valid_ends",
+]

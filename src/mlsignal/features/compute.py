@@ -1,0 +1,299 @@
+"""Bars -> features, and bars -> feature windows; the same code for training and serving.
+
+Every feature is scale-free, so one model serves many symbols and price levels: prices are
+first divided by the first close of the input (which cancels in every ratio below, and keeps
+TA-Lib's absolute 1e-8 zero-thresholds away from tiny-priced assets), then each feature is a
+ratio to ATR or price, a log return, or a bounded oscillator rescaled to about -1..1. Volume
+enters only as a z-score of ``log1p(volume / mean volume of the input)``, which is 0 when
+volume is constant or all zero (indices, FX). Every value is clipped to +-``FEATURE_CLIP``.
+See :data:`mlsignal.features.schema.FEATURE_NAMES` for the list, order and units.
+
+A window is computed from exactly the last ``schema.lookback`` bars ending at its last bar,
+so it depends on those bars only; :func:`feature_windows` runs the very same per-window code
+on numpy slices and is bit-identical to :func:`feature_window`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import talib
+
+from mlsignal.errors import (
+    ConfigError,
+    DataError,
+    FeatureSchemaError,
+    InsufficientDataError,
+    MissingColumnError,
+)
+from mlsignal.features.schema import DEFAULT_SCHEMA, FEATURE_CLIP, FEATURE_NAMES, FeatureSchema
+
+OHLCV: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+
+#: Index of the first row where every feature is defined (SMA50 needs 50 bars). A schema's
+#: ``warmup`` must be at least this; the default 192 also lets EMA/Wilder recursions converge.
+INDICATOR_LOOKBACK: int = 49
+
+# Denominators at or below this (in units of the first close, or of log-volume) count as zero:
+# the ratio is then 0 (no range, no volatility), never inf.
+_EPS = 1e-12
+_VOL_STD_EPS = 1e-9
+
+Bars = pd.DataFrame | np.ndarray
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+# --- input --------------------------------------------------------------------------------
+def ohlcv_arrays(bars: Bars) -> Arrays:
+    """Split canonical bars into five contiguous float64 arrays (open, high, low, close, volume).
+
+    ``bars`` is a DataFrame with columns ``open, high, low, close, volume`` or a numpy array of
+    shape ``(n_bars, 5)`` in that column order.
+    """
+    if isinstance(bars, pd.DataFrame):
+        missing = [c for c in OHLCV if c not in bars.columns]
+        if missing:
+            raise MissingColumnError(f"bars lack column(s) {missing}; need {list(OHLCV)}")
+        cols = [bars[c].to_numpy(dtype=np.float64) for c in OHLCV]
+    else:
+        arr = np.asarray(bars, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != len(OHLCV):
+            raise DataError(f"bars array must have shape (n_bars, 5), got {arr.shape}")
+        cols = [arr[:, i] for i in range(len(OHLCV))]
+    o, h, low, c, v = (np.ascontiguousarray(x) for x in cols)
+    return o, h, low, c, v
+
+
+# --- small numeric helpers ----------------------------------------------------------------
+def _div(a: np.ndarray, b: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    """``a / b``, 0 where ``|b| <= eps`` (and ``a`` is defined), NaN where either is NaN.
+
+    Callers run under ``np.errstate(all="ignore")`` (set once in :func:`_feature_matrix`).
+    """
+    q = a / b
+    q[(np.abs(b) <= eps) & ~np.isnan(a)] = 0.0
+    return q
+
+
+def _rolling_mean_std(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing mean and population std over ``w`` bars, NaN-padded to ``len(x)``.
+
+    ``x`` must be contiguous float64. Two-pass (mean, then squared deviations) for accuracy.
+    """
+    n = len(x)
+    mean, std = np.full(n, np.nan), np.full(n, np.nan)
+    if n >= w:
+        # (n - w + 1, w) view of overlapping windows; built directly, it is much cheaper
+        # than sliding_window_view in the per-window loop.
+        win = np.ndarray((n - w + 1, w), dtype=np.float64, buffer=x, strides=(8, 8))
+        m = np.add.reduce(win, axis=1) / w
+        d = win - m[:, None]
+        mean[w - 1 :] = m
+        std[w - 1 :] = np.sqrt(np.add.reduce(d * d, axis=1) / w)
+    return mean, std
+
+
+def _log_return(lc: np.ndarray, k: int) -> np.ndarray:
+    """``lc[t] - lc[t - k]`` (log return over ``k`` bars), NaN for the first ``k`` bars."""
+    out = np.full(len(lc), np.nan)
+    out[k:] = lc[k:] - lc[:-k]
+    return out
+
+
+# --- feature groups (inputs normalised by the first close; ATR14 passed in) ---------------
+def _macd(c: np.ndarray, atr: np.ndarray) -> dict[str, np.ndarray]:
+    line, signal, hist = talib.MACD(c, fastperiod=12, slowperiod=26, signalperiod=9)
+    chg = np.full(len(c), np.nan)
+    chg[1:] = hist[1:] - hist[:-1]
+    return {
+        "macd_atr": _div(line, atr),
+        "macd_signal_atr": _div(signal, atr),
+        "macd_hist_atr": _div(hist, atr),
+        "macd_hist_chg_atr": _div(chg, atr),
+    }
+
+
+def _oscillators(h: np.ndarray, low: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+    k, d = talib.STOCH(h, low, c, 9, 3, 0, 3, 0)  # KDJ 9/3/3 with SMA smoothing
+    j = 3.0 * k - 2.0 * d
+    return {
+        "rsi14": (talib.RSI(c, 14) - 50.0) / 50.0,
+        "rsi6": (talib.RSI(c, 6) - 50.0) / 50.0,
+        "kdj_k": (k - 50.0) / 50.0,
+        "kdj_d": (d - 50.0) / 50.0,
+        "kdj_j": (j - 50.0) / 50.0,
+        "adx14": (talib.ADX(h, low, c, 14) - 50.0) / 50.0,
+        "di_diff14": (talib.PLUS_DI(h, low, c, 14) - talib.MINUS_DI(h, low, c, 14)) / 100.0,
+    }
+
+
+def _bands(h: np.ndarray, low: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+    mid, std = _rolling_mean_std(c, 20)
+    hh, ll = talib.MAX(h, 20), talib.MIN(low, 20)
+    return {
+        # %B = (c - lower) / (upper - lower) with bands mid +- 2 std; 2 %B - 1 = (c - mid) / 2std
+        "bb_pctb": _div(c - mid, 2.0 * std),
+        "bb_width": _div(4.0 * std, mid),
+        "range_pos20": _div(2.0 * (c - ll), hh - ll) - 1.0,
+    }
+
+
+def _returns(c: np.ndarray) -> dict[str, np.ndarray]:
+    lc = np.log(c)
+    r1 = _log_return(lc, 1)
+    out = {f"ret_{k}": _log_return(lc, k) for k in (1, 2, 5, 10, 20)}
+    for w in (10, 20):
+        rv = np.full(len(c), np.nan)
+        rv[1:] = _rolling_mean_std(r1[1:], w)[1]
+        out[f"rvol_{w}"] = rv
+    return out
+
+
+def _volume_z(v: np.ndarray) -> np.ndarray:
+    # math.fsum: exactly rounded, so the reference never depends on summation order.
+    if not np.isfinite(v).all():
+        lv = v * np.nan  # a bad volume makes the feature undefined, reported downstream
+    else:
+        ref = math.fsum(v.tolist()) / len(v)
+        lv = np.log1p(v / ref) if ref > 0 else np.zeros(len(v))
+    mean, std = _rolling_mean_std(lv, 20)
+    return _div(lv - mean, std, eps=_VOL_STD_EPS)
+
+
+def _shape(
+    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, atr: np.ndarray
+) -> dict[str, np.ndarray]:
+    return {
+        "bar_clv": _div(2.0 * c - h - low, h - low),
+        "body_atr": _div(c - o, atr),
+        "upper_shadow_atr": _div(h - np.maximum(o, c), atr),
+        "lower_shadow_atr": _div(np.minimum(o, c) - low, atr),
+        "close_sma20_atr": _div(c - talib.SMA(c, 20), atr),
+        "close_sma50_atr": _div(c - talib.SMA(c, 50), atr),
+    }
+
+
+def _feature_matrix(
+    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """The (n, F) float64 feature matrix of one run of bars, clipped, NaN in the warm-up."""
+    ref = c[0]
+    o, h, low, c = o / ref, h / ref, low / ref, c / ref  # fresh arrays, close[0] == 1
+    with np.errstate(all="ignore"):  # 0/0 and log(<=0) become NaN/0 on purpose (see _div)
+        cols = _columns(o, h, low, c, v)
+    m = np.empty((len(c), len(FEATURE_NAMES)))
+    for i, name in enumerate(FEATURE_NAMES):
+        m[:, i] = cols[name]
+    return np.clip(m, -FEATURE_CLIP, FEATURE_CLIP, out=m)
+
+
+def _columns(
+    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray
+) -> dict[str, np.ndarray]:
+    atr = talib.ATR(h, low, c, 14)
+    return {
+        **_macd(c, atr),
+        **_oscillators(h, low, c),
+        "natr14": _div(atr, c),
+        **_bands(h, low, c),
+        **_returns(c),
+        "vol_z20": _volume_z(v),
+        **_shape(o, h, low, c, atr),
+    }
+
+
+# --- public API ---------------------------------------------------------------------------
+def compute_features(bars: Bars) -> np.ndarray:
+    """Features of every bar: float64 array of shape ``(n_bars, F)``, columns in
+    ``FEATURE_NAMES`` order.
+
+    A row is all-NaN until every indicator has enough bars (the first
+    ``INDICATOR_LOOKBACK`` rows), or where a bad bar made any feature undefined. Recursive
+    indicators (EMA, Wilder) depend on where the input starts for a while after that; for
+    model input use :func:`feature_window`, which fixes the start.
+    """
+    m = _feature_matrix(*ohlcv_arrays(bars))
+    m[~np.isfinite(m).all(axis=1)] = np.nan
+    return m
+
+
+def valid_ends(n_bars: int, schema: FeatureSchema = DEFAULT_SCHEMA) -> np.ndarray:
+    """Every end position (int64) that has a full ``schema.lookback`` of bars: ``lookback-1 ..``."""
+    return np.arange(schema.lookback - 1, max(n_bars, schema.lookback - 1), dtype=np.int64)
+
+
+def _check_schema(schema: FeatureSchema) -> None:
+    if schema.names != FEATURE_NAMES:
+        raise FeatureSchemaError(
+            f"schema names (hash {schema.hash[:12]}) differ from the {len(FEATURE_NAMES)} "
+            "features this mlsignal computes; retrain or upgrade mlsignal"
+        )
+    if schema.warmup < INDICATOR_LOOKBACK:
+        raise ConfigError(f"schema warmup {schema.warmup} < {INDICATOR_LOOKBACK} bars needed")
+
+
+def _bar_label(bars: Bars, pos: int) -> str:
+    if isinstance(bars, pd.DataFrame):
+        return f"bar {pos} ({bars.index[pos]})"
+    return f"bar {pos}"
+
+
+def _check_finite(windows: np.ndarray, bars: Bars, ends: np.ndarray) -> None:
+    """Raise FeatureSchemaError naming the first non-finite feature and its bar."""
+    bad = ~np.isfinite(windows)
+    if not bad.any():
+        return
+    i, t, f = (int(x) for x in np.argwhere(bad)[0])
+    pos = int(ends[i]) - windows.shape[1] + 1 + t
+    raise FeatureSchemaError(
+        f"feature {FEATURE_NAMES[f]!r} is {windows[i, t, f]} at {_bar_label(bars, pos)}; "
+        "check the bars for NaN, zero or negative prices"
+    )
+
+
+def feature_window(bars: Bars, schema: FeatureSchema = DEFAULT_SCHEMA) -> np.ndarray:
+    """The model input for the last bar: float32 array of shape ``(schema.window, F)``.
+
+    Computed from exactly the last ``schema.lookback`` bars (earlier bars are ignored).
+    Raises :class:`InsufficientDataError` with fewer bars, :class:`FeatureSchemaError` if a
+    feature is not finite (naming the feature and the bar).
+    """
+    n = len(bars)
+    if n < schema.lookback:
+        raise InsufficientDataError(
+            f"got {n} bars, need at least {schema.lookback} "
+            f"(window {schema.window} + warmup {schema.warmup})"
+        )
+    return feature_windows(bars, [n - 1], schema)[0]
+
+
+def feature_windows(
+    bars: Bars, ends: Sequence[int] | np.ndarray, schema: FeatureSchema = DEFAULT_SCHEMA
+) -> np.ndarray:
+    """Windows ending at each of ``ends`` (integer bar positions): float32 ``(N, T, F)``.
+
+    Window ``i`` equals ``feature_window(bars.iloc[: ends[i] + 1], schema)`` bit for bit: it is
+    computed from ``bars[ends[i] - lookback + 1 : ends[i] + 1]`` only. Use :func:`valid_ends`
+    for every usable position.
+    """
+    _check_schema(schema)
+    ends = np.asarray(ends, dtype=np.int64).reshape(-1)
+    o, h, low, c, v = ohlcv_arrays(bars)
+    n, lb, t = len(c), schema.lookback, schema.window
+    if ends.size and ends.min() < lb - 1:
+        raise InsufficientDataError(
+            f"end position {int(ends.min())} has {int(ends.min()) + 1} bars of history, "
+            f"need at least {lb} (window {t} + warmup {schema.warmup})"
+        )
+    if ends.size and ends.max() >= n:
+        raise DataError(f"end position {int(ends.max())} is beyond the last bar ({n - 1})")
+    out = np.empty((ends.size, t, len(FEATURE_NAMES)), dtype=np.float32)
+    for i, e in enumerate(ends.tolist()):
+        s = e - lb + 1
+        m = _feature_matrix(o[s : e + 1], h[s : e + 1], low[s : e + 1], c[s : e + 1], v[s : e + 1])
+        out[i] = m[-t:]
+    _check_finite(out, bars, ends)
+    return out
