@@ -38,11 +38,14 @@ class Settings:
     def __post_init__(self) -> None:
         check_device_spec(self.device)
         if self.backend not in BACKENDS:
+            choices = ", ".join(BACKENDS)
             raise ConfigError(
-                f"{BACKEND_ENV}={self.backend!r} is not a backend; choose one of {', '.join(BACKENDS)}"
+                f"{BACKEND_ENV}={self.backend!r} is not a backend; choose one of {choices}"
             )
         if not self.timeout_s > 0:
-            raise ConfigError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {self.timeout_s}")
+            raise ConfigError(
+                f"{TIMEOUT_ENV} must be a positive number of seconds, got {self.timeout_s}"
+            )
 
     def __repr__(self) -> str:  # never show the key
         key = "***" if self.api_key else None

@@ -138,9 +138,10 @@ class MLSignalEnhancer:
         need = self.min_bars
         if len(bars) < need:
             where = f" for {req.symbol}" if req.symbol else ""
+            schema = self.bundle.schema
             raise InsufficientDataError(
                 f"{len(bars)} bars given{where}; the model needs at least {need} "
-                f"(feature window {self.bundle.schema.window} + warm-up {self.bundle.schema.warmup})"
+                f"(feature window {schema.window} + warm-up {schema.warmup})"
             )
         bars = bars.iloc[-need:]
         ss, bs = req.ss, req.bs
@@ -148,8 +149,13 @@ class MLSignalEnhancer:
             rule_ss, rule_bs = last_rule_scores(bars)
             ss = rule_ss if ss is None else ss
             bs = rule_bs if bs is None else bs
-        return _Prepared(req.symbol, bars, _score(ss, "ss"), _score(bs, "bs"),
-                         feature_window(bars, self.bundle.schema))
+        return _Prepared(
+            req.symbol,
+            bars,
+            _score(ss, "ss"),
+            _score(bs, "bs"),
+            feature_window(bars, self.bundle.schema),
+        )
 
     def _predict(self, windows: np.ndarray) -> tuple[np.ndarray | None, str | None]:
         try:
@@ -157,7 +163,9 @@ class MLSignalEnhancer:
         except DataError:
             raise
         except Exception as e:  # a broken device must not stop the trading loop
-            reason = f"{self.runtime.backend} on {self.runtime.device} failed: {type(e).__name__}: {e}"
+            reason = (
+                f"{self.runtime.backend} on {self.runtime.device} failed: {type(e).__name__}: {e}"
+            )
             if self._failing != reason:
                 log.error("model inference failed, returning rule scores: %s", reason)
             self._failing = reason

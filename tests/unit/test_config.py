@@ -9,7 +9,13 @@ from mlsignal.errors import ConfigError, DeviceUnavailableError
 
 def test_defaults_from_empty_env():
     s = Settings.from_env({})
-    assert (s.device, s.backend, s.api_urls, s.api_key, s.timeout_s) == ("auto", "torch", (), None, 3.0)
+    assert (s.device, s.backend, s.api_urls, s.api_key, s.timeout_s) == (
+        "auto",
+        "torch",
+        (),
+        None,
+        3.0,
+    )
 
 
 def test_env_is_read_and_normalised():

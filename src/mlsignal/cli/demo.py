@@ -41,14 +41,23 @@ def _replay(enhancer: Any, bars: Any, n: int) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         ss, bs = last_rule_scores(window)
         ess, ebs, info = enhancer.enhance_signal(window, ss, bs)
-        rows.append({**info, "close": float(window["close"].iloc[-1]), "ess": ess, "ebs": ebs,
-                     "bar_ms": (time.perf_counter() - t0) * 1e3})
+        rows.append(
+            {
+                **info,
+                "close": float(window["close"].iloc[-1]),
+                "ess": ess,
+                "ebs": ebs,
+                "bar_ms": (time.perf_counter() - t0) * 1e3,
+            }
+        )
     return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'bar':<11}{'close':>10}{'ss':>7}{'bs':>7}{'bull_p':>8}{'regime':>8}"
-            f"{'vol':>8}{'kelly':>7}{'side':>6}{'e_ss':>7}{'e_bs':>7}")
+    head = (
+        f"{'bar':<11}{'close':>10}{'ss':>7}{'bs':>7}{'bull_p':>8}{'regime':>8}"
+        f"{'vol':>8}{'kelly':>7}{'side':>6}{'e_ss':>7}{'e_bs':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
@@ -82,9 +91,11 @@ def demo(args: argparse.Namespace) -> int:
     _ensure_bundle(args)
     enhancer = MLSignalEnhancer(args.bundle, device=args.device)
     manifest = enhancer.bundle.manifest
-    print(f"\nmodel {enhancer.bundle.model_version} on {enhancer.runtime.device} "
-          f"({enhancer.runtime.backend}); trained on {manifest['training']['symbols']} "
-          f"{manifest['training']['span'][0][:10]}..{manifest['training']['span'][1][:10]}")
+    print(
+        f"\nmodel {enhancer.bundle.model_version} on {enhancer.runtime.device} "
+        f"({enhancer.runtime.backend}); trained on {manifest['training']['symbols']} "
+        f"{manifest['training']['span'][0][:10]}..{manifest['training']['span'][1][:10]}"
+    )
     print("out-of-sample walk-forward metrics:")
     print(format_metrics_table(manifest["metrics"]))
     for symbol, bars in load_dataset(args.data).items():

@@ -76,10 +76,13 @@ def doctor(args: argparse.Namespace) -> int:
         return 0
     for key, value in report.items():
         if key == "gpus":
-            value = ", ".join(
-                f"[{g['index']}] {g['name']} {g['memory_gib']} GiB sm{g['capability']}"
-                for g in value
-            ) or "none"
+            value = (
+                ", ".join(
+                    f"[{g['index']}] {g['name']} {g['memory_gib']} GiB sm{g['capability']}"
+                    for g in value
+                )
+                or "none"
+            )
         elif isinstance(value, list):
             value = ", ".join(value) or "none"
         print(f"{key:<20} {value}")

@@ -20,13 +20,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train on sample data sets (sp500, nasdaq) or CSV/Parquet files with "
         "purged walk-forward validation, print the out-of-sample metrics, write a bundle.",
     )
-    p.add_argument("--data", default=DEFAULT_DATA, help="sample names and/or files, comma separated (default: %(default)s)")
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="sample names and/or files, comma separated (default: %(default)s)",
+    )
     p.add_argument("--out", required=True, help="bundle directory to write (atomically)")
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"], help="quick: minutes on 2 CPU cores; full: for a GPU box; tiny: tests")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument(
+        "--preset",
+        default="quick",
+        choices=["tiny", "quick", "full"],
+        help="quick: minutes on 2 CPU cores; full: for a GPU box; tiny: tests",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (deterministic on CPU)")
-    p.add_argument("--shuffle-labels", action="store_true", help="control run on permuted labels: must show no skill")
-    p.add_argument("--holdout-bars", type=int, default=0, help="keep the last N bars of each symbol out of training (default: %(default)s)")
+    p.add_argument(
+        "--shuffle-labels",
+        action="store_true",
+        help="control run on permuted labels: must show no skill",
+    )
+    p.add_argument(
+        "--holdout-bars",
+        type=int,
+        default=0,
+        help="keep the last N bars of each symbol out of training (default: %(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
@@ -38,11 +58,15 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
         description="Enhance the last bar of CSV/Parquet bars (or a sample name). Without "
         "--ss/--bs the built-in MACD rule scores are used.",
     )
-    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)")
+    p.add_argument(
+        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
+    )
     p.add_argument("--data", required=True, help="CSV/Parquet file of OHLCV bars, or a sample name")
     p.add_argument("--ss", type=float, help="your sell score, 0..100")
     p.add_argument("--bs", type=float, help="your buy score, 0..100")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)")
+    p.add_argument(
+        "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_enhance)
 
@@ -54,12 +78,25 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="What `make run` runs: trains a quick bundle if none exists, replays the "
         "last bars of the sample data bar by bar and prints a summary.",
     )
-    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)")
+    p.add_argument(
+        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
+    )
     p.add_argument("--data", default=DEFAULT_DATA, help="data sets (default: %(default)s)")
-    p.add_argument("--bars", type=int, default=300, help="bars to replay per symbol (default: %(default)s)")
-    p.add_argument("--rows", type=int, default=12, help="rows of the table per symbol (default: %(default)s)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)")
-    p.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"], help="preset if training is needed")
+    p.add_argument(
+        "--bars", type=int, default=300, help="bars to replay per symbol (default: %(default)s)"
+    )
+    p.add_argument(
+        "--rows", type=int, default=12, help="rows of the table per symbol (default: %(default)s)"
+    )
+    p.add_argument(
+        "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
+    )
+    p.add_argument(
+        "--preset",
+        default="quick",
+        choices=["tiny", "quick", "full"],
+        help="preset if training is needed",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -80,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ML-enhanced trading signals: LSTM + TFT + stacking, GARCH regime, Kelly.",
     )
     parser.add_argument("--version", action="version", version=f"mlsignal {__version__}")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR"
+    )
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_enhance, _add_demo, _add_doctor):

@@ -23,6 +23,7 @@ from mlsignal.errors import DataError
 PROB_EPS = 1e-4  # bull_prob is clamped to [PROB_EPS, 1 - PROB_EPS]
 MIN_KNOT_GAP = 1e-3  # smallest x gap between calibration knots (keeps slopes float32-safe)
 MIN_CALIB_SAMPLES = 50  # fewer samples (or one class only) -> identity calibration
+CALIB_PRIOR = 20.0  # pseudo-samples shrinking each calibration bin toward the base rate
 STACK_C = 10.0  # inverse L2 strength of the stacking logistic regression (light)
 
 
@@ -50,28 +51,38 @@ def apply_stack(logits: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
 
 
 def fit_calibration(
-    p: np.ndarray, y: np.ndarray, n_knots: int = 32
+    p: np.ndarray, y: np.ndarray, n_knots: int = 32, prior: float = CALIB_PRIOR
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit a monotone calibration map from stacked probability p to P(y = 1).
 
-    Isotonic regression of y on p, sampled at up to ``n_knots`` knots placed at quantiles of p
-    (plus 0 and 1), at least ``MIN_KNOT_GAP`` apart. p: (N,) in [0, 1]; y: (N,) in {0, 1}.
-    Returns (x (K,), y (K,)), K <= n_knots, float32-exact values in float64 arrays, with x
-    strictly increasing from 0 to 1 and y non-decreasing. Falls back to the identity (two
-    knots) when the data are degenerate: fewer than MIN_CALIB_SAMPLES samples, one class only,
-    or p (nearly) constant.
+    Smoothed, binned isotonic calibration: p is cut into ``n_knots - 2`` quantile bins; each
+    bin's hit rate is shrunk toward the overall base rate with ``prior`` pseudo-samples
+    (``(hits + prior * base) / (count + prior)``), so a thin bin at the edge cannot map to 0
+    or 1; isotonic regression over the bin centres (weighted by count) makes the map
+    monotone. Knots are the bin centres plus 0 and 1 (flat beyond the outer centres).
+    p: (N,) in [0, 1]; y: (N,) in {0, 1}. Returns (x (K,), y (K,)), K <= n_knots,
+    float32-exact values in float64 arrays, x strictly increasing from 0 to 1, y
+    non-decreasing. Falls back to the identity (two knots) when the data are degenerate:
+    fewer than MIN_CALIB_SAMPLES samples, one class only, or p (nearly) constant.
     """
     from sklearn.isotonic import IsotonicRegression
 
     p, y = _check_xy(p, y, "p")
-    if n_knots < 2:
-        raise DataError(f"n_knots must be at least 2, got {n_knots}")
+    if n_knots < 3:
+        raise DataError(f"n_knots must be at least 3, got {n_knots}")
     if p.size < MIN_CALIB_SAMPLES or np.unique(y).size < 2 or np.ptp(p) < MIN_KNOT_GAP:
         return identity_knots()
+    p = np.clip(p, 0.0, 1.0)
+    edges = np.quantile(p, np.linspace(0.0, 1.0, n_knots - 1))
+    bins = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_knots - 3)
+    count = np.bincount(bins, minlength=n_knots - 2).astype(np.float64)
+    used = count > 0
+    hits = np.bincount(bins, weights=y, minlength=n_knots - 2)[used]
+    centre = np.bincount(bins, weights=p, minlength=n_knots - 2)[used] / count[used]
+    rate = (hits + prior * y.mean()) / (count[used] + prior)
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    iso.fit(np.clip(p, 0.0, 1.0), y)
-    qs = np.quantile(p, np.linspace(0.0, 1.0, n_knots - 2))
-    kx = _spaced(np.concatenate([[0.0], qs, [1.0]]), n_knots)
+    iso.fit(centre, rate, sample_weight=count[used])
+    kx = _spaced(np.concatenate([[0.0], centre, [1.0]]), n_knots)
     ky = np.maximum.accumulate(np.clip(iso.predict(kx), 0.0, 1.0))  # guard float noise
     return _f32_exact(kx), np.maximum.accumulate(_f32_exact(ky))
 

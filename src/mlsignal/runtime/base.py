@@ -49,8 +49,7 @@ def check_windows(windows: np.ndarray, bundle: Bundle) -> np.ndarray:
     if not np.isfinite(arr).all():
         b, t, f = np.argwhere(~np.isfinite(arr))[0]
         raise FeatureSchemaError(
-            f"feature window {b} has a non-finite value at step {t}, "
-            f"feature {schema.names[f]!r}"
+            f"feature window {b} has a non-finite value at step {t}, feature {schema.names[f]!r}"
         )
     return arr
 

@@ -31,6 +31,16 @@ def build_model(bundle: Bundle, device: str) -> SignalModel:
     return model.to(device).eval()
 
 
+def use_ieee_float32() -> None:
+    """Turn TF32 off for CUDA matrix products and cuDNN (LSTMs included).
+
+    TF32 keeps 10 mantissa bits: outputs would drift ~1e-3 from the CPU, far beyond the
+    1e-5 parity tolerance. This is process-wide, as torch's flags are.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 class TorchRuntime:
     """``predict(windows) -> (B, 3)`` with a SignalModel on one torch device."""
 
@@ -40,6 +50,8 @@ class TorchRuntime:
         self.bundle = bundle
         self.device = resolve_device(device)
         self._torch_device = torch.device(self.device)
+        if self._torch_device.type == "cuda":
+            use_ieee_float32()
         self.model = build_model(bundle, self.device)
         log.info(
             "torch runtime ready: device=%s model=%s contract=%s",

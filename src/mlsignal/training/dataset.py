@@ -51,13 +51,14 @@ class Dataset:
 def build_dataset(
     bars_by_symbol: Mapping[str, pd.DataFrame],
     schema: FeatureSchema = DEFAULT_SCHEMA,
-    labels: LabelConfig = LabelConfig(),
+    labels: LabelConfig | None = None,
     max_samples_per_symbol: int | None = None,
 ) -> Dataset:
     """Feature windows and triple-barrier labels for every bar that has both.
 
     ``max_samples_per_symbol`` keeps only the latest samples of each symbol (for tests).
     """
+    labels = labels or LabelConfig()
     timeline = np.unique(np.concatenate([b.index.values for b in bars_by_symbol.values()]))
     parts = []
     for k, (name, bars) in enumerate(bars_by_symbol.items()):

@@ -43,12 +43,13 @@ def ex_ante_vol(close: np.ndarray, window: int) -> np.ndarray:
 
 
 def triple_barrier_labels(
-    close: np.ndarray, config: LabelConfig = LabelConfig()
+    close: np.ndarray, config: LabelConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(labels, forward_returns)``, each ``(n,)`` float64, NaN where undefined.
 
     ``forward_returns`` is the ``h``-bar log return ``log(C_{t+h} / C_t)``.
     """
+    config = config or LabelConfig()
     close = np.asarray(close, dtype=np.float64)
     n, h = len(close), config.horizon
     labels = np.full(n, np.nan)

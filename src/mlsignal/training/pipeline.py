@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from torch import nn
 
 import mlsignal
 from mlsignal.bundle import GOLDEN_FILE, WEIGHTS_FILE, write_bundle
@@ -24,7 +26,13 @@ from mlsignal.models.kelly import KellyConfig, fit_kelly_params
 from mlsignal.models.signal_model import SignalModel, SignalModelConfig
 from mlsignal.models.stack import apply_calibration, apply_stack, fit_calibration, fit_stack
 from mlsignal.training.dataset import Dataset, build_dataset
-from mlsignal.training.fit import Scaler, fit_classifier, predict_logits, seed_everything
+from mlsignal.training.fit import (
+    Scaler,
+    fit_classifier,
+    keep_freed_memory,
+    predict_logits,
+    seed_everything,
+)
 from mlsignal.training.metrics import classification_metrics
 from mlsignal.training.presets import Preset, get_preset
 from mlsignal.training.splits import Fold, holdout_tail, purged_walk_forward
@@ -44,7 +52,13 @@ class TrainResult:
 
 
 def _fit_base_pair(
-    ds: Dataset, idx: np.ndarray, cfg: SignalModelConfig, p: Preset, dev: str, seed: int, tag: str,
+    ds: Dataset,
+    idx: np.ndarray,
+    cfg: SignalModelConfig,
+    p: Preset,
+    dev: str,
+    seed: int,
+    tag: str,
     progress: bool,
 ) -> tuple[Any, Any, Scaler]:
     """Fit the LSTM and the TFT on samples ``idx`` (early stopping on their purged tail)."""
@@ -64,7 +78,12 @@ def _fit_base_pair(
 
 
 def _oof_logits(
-    ds: Dataset, folds: list[Fold], cfg: SignalModelConfig, p: Preset, dev: str, seed: int,
+    ds: Dataset,
+    folds: list[Fold],
+    cfg: SignalModelConfig,
+    p: Preset,
+    dev: str,
+    seed: int,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Out-of-fold base logits ``(M, 2)`` for every test sample, their indices and fold ids."""
@@ -99,7 +118,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _oof_metrics(logits, y, fold_id, n_knots) -> dict[str, dict[str, float]]:
+def _oof_metrics(
+    logits: np.ndarray, y: np.ndarray, fold_id: np.ndarray, n_knots: int
+) -> dict[str, dict[str, float]]:
     metrics = {
         "lstm": classification_metrics(y, _sigmoid(logits[:, 0])),
         "tft": classification_metrics(y, _sigmoid(logits[:, 1])),
@@ -122,7 +143,14 @@ def _golden(model: SignalModel, ds: Dataset, scaler: Scaler, n: int, seed: int):
     return inputs, expected
 
 
-def _assemble(cfg, lstm, tft, scaler, stack, calib) -> SignalModel:
+def _assemble(
+    cfg: SignalModelConfig,
+    lstm: nn.Module,
+    tft: nn.Module,
+    scaler: Scaler,
+    stack: tuple[np.ndarray, float],
+    calib: tuple[np.ndarray, np.ndarray],
+) -> SignalModel:
     model = SignalModel(cfg)
     model.lstm.load_state_dict(lstm.state_dict())
     model.tft.load_state_dict(tft.state_dict())
@@ -133,7 +161,10 @@ def _assemble(cfg, lstm, tft, scaler, stack, calib) -> SignalModel:
 
 
 def _span(ds: Dataset) -> list[str]:
-    return [str(np.datetime_as_string(ds.ts.min(), "s")), str(np.datetime_as_string(ds.ts.max(), "s"))]
+    return [
+        str(np.datetime_as_string(ds.ts.min(), "s")),
+        str(np.datetime_as_string(ds.ts.max(), "s")),
+    ]
 
 
 def train_bundle(
@@ -156,14 +187,17 @@ def train_bundle(
     t0 = time.perf_counter()
     p, dev = get_preset(preset), resolve_device(device)
     seed_everything(seed)
+    keep_freed_memory()
     bars = load_dataset(data)
     if holdout_bars > 0:
         bars = {k: b.iloc[:-holdout_bars] for k, b in bars.items()}
     ds = build_dataset(bars, DEFAULT_SCHEMA, p.labels, p.max_samples_per_symbol)
     if shuffle_labels:
         ds = Dataset(ds.X, np.random.default_rng(seed).permutation(ds.y), *_rest(ds))
-    echo(f"data {data}: {len(ds)} windows from {len(bars)} symbol(s), {_span(ds)[0]}..{_span(ds)[1]}")
-    cfg = SignalModelConfig.for_schema(DEFAULT_SCHEMA)
+    echo(
+        f"data {data}: {len(ds)} windows from {len(bars)} symbol(s), {_span(ds)[0]}..{_span(ds)[1]}"
+    )
+    cfg = SignalModelConfig.for_shape(DEFAULT_SCHEMA.n_features, DEFAULT_SCHEMA.window)
     folds = purged_walk_forward(ds.start, ds.end, p.n_folds, p.embargo, p.initial_train_frac)
     echo(f"walk-forward: {len(folds)} purged folds (embargo {p.embargo} bars) on {dev}")
     oof_idx, oof, fold_id = _oof_logits(ds, folds, cfg, p, dev, seed, progress)
@@ -195,7 +229,9 @@ def train_bundle(
     from mlsignal.bundle import load_bundle
 
     bundle = load_bundle(path)
-    return TrainResult(path, bundle.model_version, bundle.contract_hash, metrics, time.perf_counter() - t0)
+    return TrainResult(
+        path, bundle.model_version, bundle.contract_hash, metrics, time.perf_counter() - t0
+    )
 
 
 def _rest(ds: Dataset) -> tuple:
@@ -213,7 +249,17 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-def _manifest_extra(data, bars, ds, p, dev, seed, shuffled, metrics, n_folds) -> dict[str, Any]:
+def _manifest_extra(
+    data: str,
+    bars: Mapping[str, pd.DataFrame],
+    ds: Dataset,
+    p: Preset,
+    dev: str,
+    seed: int,
+    shuffled: bool,
+    metrics: dict[str, dict[str, float]],
+    n_folds: int,
+) -> dict[str, Any]:
     name = "+".join(bars) + ("-shuffled" if shuffled else "")
     return {
         "model_name": name,

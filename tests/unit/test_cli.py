@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlsignal.cli.main import build_parser, main
+
+COMMANDS = ["train", "enhance", "demo", "doctor"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in COMMANDS]])
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: mlsignal" in out
+
+
+def test_parser_lists_every_command():
+    help_text = build_parser().format_help()
+    for c in COMMANDS:
+        assert c in help_text
+
+
+def test_enhance_json(tiny_bundle, tmp_path, sp500_bars, capsys):
+    csv = tmp_path / "bars.csv"
+    sp500_bars.iloc[-400:].rename(columns=str.upper).to_csv(csv, index_label="Date")
+    assert main(["enhance", "--bundle", str(tiny_bundle), "--data", str(csv), "--ss", "20",
+                 "--bs", "80", "--device", "cpu", "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {"enhanced_ss", "enhanced_bs", "ml_info"}
+    assert doc["ml_info"]["rule_ss"] == 20.0 and doc["ml_info"]["source"] == "local"
+
+
+def test_enhance_table_with_rule_scores(tiny_bundle, capsys):
+    assert (
+        main(["enhance", "--bundle", str(tiny_bundle), "--data", "sp500", "--device", "cpu"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "bull_prob" in out and "ss -> ess" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["enhance", "--bundle", "/nonexistent", "--data", "sp500"], "no bundle at /nonexistent"),
+        (["enhance", "--data", "nope.txt"], "nope.txt"),
+        (["enhance", "--data", "sp500,nasdaq"], "--data must name one data set"),
+        (["train", "--data", "sp500", "--out", "x", "--device", "tpu"], "'tpu' is not a device"),
+    ],
+)
+def test_errors_print_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mlsignal ") and message in err
+
+
+def test_enhance_with_a_bad_score_exits_2(tiny_bundle, capsys):
+    argv = ["enhance", "--bundle", str(tiny_bundle), "--data", "sp500", "--ss", "250"]
+    assert main(argv) == 2
+    assert "ss must be a number in 0..100" in capsys.readouterr().err
+
+
+def test_doctor_json(capsys):
+    assert main(["doctor", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for key in (
+        "python",
+        "torch",
+        "cuda_available",
+        "gpus",
+        "cudnn",
+        "onnx_providers",
+        "auto_picks",
+    ):
+        assert key in doc
+
+
+def test_doctor_shows_a_bad_device_setting(capsys, monkeypatch):
+    monkeypatch.setenv("ML_INFERENCE_DEVICE", "gpu")
+    assert main(["doctor"]) == 0
+    assert "error:" in capsys.readouterr().out
