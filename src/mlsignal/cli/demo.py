@@ -98,9 +98,14 @@ def demo(args: argparse.Namespace) -> int:
     )
     print("out-of-sample walk-forward metrics:")
     print(format_metrics_table(manifest["metrics"]))
+    trained_until = manifest["training"]["span"][1]
     for symbol, bars in load_dataset(args.data).items():
         rows = _replay(enhancer, bars, args.bars)
-        print(f"\n{symbol}: last {args.rows} of {len(rows)} replayed bars")
+        oos = sum(r["bar_ts"] > trained_until for r in rows)
+        print(
+            f"\n{symbol}: last {args.rows} of {len(rows)} replayed bars "
+            f"({oos} of them after the training span: out of sample)"
+        )
         print(_table(rows[-args.rows :]))
         print(_summary(rows))
     return 0

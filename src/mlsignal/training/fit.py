@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 

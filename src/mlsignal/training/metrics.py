@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+MODEL_ORDER = ("lstm", "tft", "stack")
 METRIC_NAMES = ("auc", "brier", "log_loss", "hit_rate", "base_rate", "n")
 
 
@@ -28,7 +29,9 @@ def format_metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """A fixed-width text table: one row per model, one column per metric."""
     header = f"{'model':<10}" + "".join(f"{m:>10}" for m in METRIC_NAMES)
     rows = [header, "-" * len(header)]
-    for model, m in metrics.items():
+    order = [k for k in MODEL_ORDER if k in metrics] + [k for k in metrics if k not in MODEL_ORDER]
+    for model in order:
+        m = metrics[model]
         cells = "".join(
             f"{int(m[k]):>10d}" if k == "n" else f"{m.get(k, float('nan')):>10.4f}"
             for k in METRIC_NAMES
