@@ -124,7 +124,7 @@ class MLSignalEnhancer:
         t0 = time.perf_counter()
         if not requests:
             return []
-        prepared = [self._prepare(r) for r in requests]
+        prepared = [self._prepare_named(r) for r in requests]
         outputs, reason = self._predict(np.stack([p.window for p in prepared]))
         latency_ms = (time.perf_counter() - t0) * 1e3
         return [
@@ -133,14 +133,22 @@ class MLSignalEnhancer:
         ]
 
     # --- steps ---------------------------------------------------------------------------
+    def _prepare_named(self, req: SignalRequest) -> _Prepared:
+        """``_prepare``, with the symbol in any data error's message (batch calls)."""
+        try:
+            return self._prepare(req)
+        except DataError as e:
+            if not req.symbol:
+                raise
+            raise type(e)(f"{req.symbol}: {e}") from e
+
     def _prepare(self, req: SignalRequest) -> _Prepared:
         bars = normalize_bars(req.bars)
         need = self.min_bars
         if len(bars) < need:
-            where = f" for {req.symbol}" if req.symbol else ""
             schema = self.bundle.schema
             raise InsufficientDataError(
-                f"{len(bars)} bars given{where}; the model needs at least {need} "
+                f"{len(bars)} bars given; the model needs at least {need} "
                 f"(feature window {schema.window} + warm-up {schema.warmup})"
             )
         bars = bars.iloc[-need:]

@@ -75,3 +75,18 @@ def test_enhancer_gives_the_same_numbers_on_cpu_and_cuda(tiny_bundle, sp500_bars
         assert info_c["regime"] == info_g["regime"] and info_c["kelly_side"] == info_g["kelly_side"]
     _report("enhancer_max_abs_diff_bull_prob", worst)
     assert worst < ATOL
+
+
+def test_training_on_cuda_writes_a_bundle_that_serves_on_cpu(tmp_path):
+    """`mlsignal train --device cuda`: the bundle is device-independent and passes parity."""
+    from mlsignal.training.pipeline import train_bundle
+
+    result = train_bundle("sp500", tmp_path / "cuda", preset="tiny", device="cuda", progress=False)
+    bundle = load_bundle(result.path)
+    assert bundle.manifest["training"]["device"] == "cuda:0"
+    cpu = load_runtime(bundle, "cpu")  # golden outputs were computed on CPU: gate passes
+    gpu = load_runtime(bundle, "cuda")
+    with np.load(bundle.file("golden.npz")) as g:
+        worst = float(np.abs(cpu.predict(g["inputs"]) - gpu.predict(g["inputs"])).max())
+    _report("cuda_trained_bundle_cpu_vs_cuda", worst)
+    assert worst < ATOL

@@ -75,6 +75,14 @@ def test_batch_matches_single_calls(enhancer, sp500_bars):
     assert enhancer.enhance_batch([]) == []
 
 
+def test_a_bad_symbol_in_a_batch_is_named(enhancer, sp500_bars):
+    bad = sp500_bars.iloc[-300:].copy()
+    bad.iloc[-2, bad.columns.get_loc("high")] = -1.0
+    reqs = [SignalRequest("GOOD", sp500_bars, 1, 1), SignalRequest("BAD", bad, 1, 1)]
+    with pytest.raises(PriceError, match=r"^BAD: row 298 .*high"):
+        enhancer.enhance_batch(reqs)
+
+
 def test_too_few_bars(enhancer, sp500_bars):
     with pytest.raises(
         InsufficientDataError,
