@@ -20,7 +20,7 @@ from mlsignal.models.stack import (
 )
 from mlsignal.models.tft import TemporalFusionTransformer, TFTConfig
 
-T, F = 64, 28
+T, F = 64, 29
 
 
 def n_params(m: torch.nn.Module) -> int:

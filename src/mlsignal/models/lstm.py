@@ -14,9 +14,9 @@ from torch import nn
 
 @dataclass(frozen=True)
 class LSTMConfig:
-    """Shape of the LSTM classifier. Defaults give 59,457 parameters at ``n_features=28``."""
+    """Shape of the LSTM classifier. Defaults give 59,713 parameters at ``n_features=29``."""
 
-    n_features: int = 28  # F, features per time step
+    n_features: int = 29  # F, features per time step (DEFAULT_SCHEMA)
     hidden: int = 64  # LSTM hidden size
     layers: int = 2  # stacked LSTM layers
     dropout: float = 0.1  # between LSTM layers and in the head (training only)

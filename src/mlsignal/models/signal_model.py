@@ -35,7 +35,7 @@ MIN_STD = 1e-8  # a feature with std below this is treated as constant: scale 1,
 class SignalModelConfig:
     """Shapes of the whole model. ``n_features``/``window`` must match the sub-configs."""
 
-    n_features: int = 28  # F
+    n_features: int = 29  # F (DEFAULT_SCHEMA)
     window: int = 64  # T
     lstm: LSTMConfig = field(default_factory=LSTMConfig)
     tft: TFTConfig = field(default_factory=TFTConfig)

@@ -28,9 +28,9 @@ from torch import nn
 
 @dataclass(frozen=True)
 class TFTConfig:
-    """Shape of the TFT. Defaults give 88,505 parameters at ``n_features=28``."""
+    """Shape of the TFT. Defaults give 90,621 parameters at ``n_features=29``."""
 
-    n_features: int = 28  # F, input variables per time step
+    n_features: int = 29  # F, input variables per time step (DEFAULT_SCHEMA)
     window: int = 64  # T, time steps (size of the causal mask)
     d_model: int = 32  # width of embeddings, LSTM, attention and GRNs
     var_hidden: int = 16  # hidden width of each per-variable GRN (runs B*T*F times: keep small)

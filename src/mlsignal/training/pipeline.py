@@ -85,10 +85,16 @@ def _oof_logits(
     dev: str,
     seed: int,
     progress: bool,
+    echo: Callable[[str], None],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Out-of-fold base logits ``(M, 2)`` for every test sample, their indices and fold ids."""
     idx, logits, fold_id = [], [], []
     for fold in folds:
+        first, last = (np.datetime_as_string(ds.ts[fold.test[i]], "D") for i in (0, -1))
+        echo(
+            f"fold {fold.index + 1}/{len(folds)}: train on {len(fold.train)} windows, "
+            f"test on {len(fold.test)} ({first}..{last})"
+        )
         lstm, tft, scaler = _fit_base_pair(
             ds, fold.train, cfg, p, dev, seed + 10 * fold.index, f"fold {fold.index + 1}", progress
         )
@@ -102,7 +108,9 @@ def _oof_logits(
     return np.concatenate(idx), np.concatenate(logits), np.concatenate(fold_id)
 
 
-def _stack_walk_forward(logits: np.ndarray, y: np.ndarray, fold_id: np.ndarray, n_knots: int):
+def _stack_walk_forward(
+    logits: np.ndarray, y: np.ndarray, fold_id: np.ndarray, n_knots: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Honest stack metrics: meta-learner + calibration fitted on earlier folds only."""
     probs, ys = [], []
     for k in np.unique(fold_id)[1:]:
@@ -200,7 +208,7 @@ def train_bundle(
     cfg = SignalModelConfig.for_shape(DEFAULT_SCHEMA.n_features, DEFAULT_SCHEMA.window)
     folds = purged_walk_forward(ds.start, ds.end, p.n_folds, p.embargo, p.initial_train_frac)
     echo(f"walk-forward: {len(folds)} purged folds (embargo {p.embargo} bars) on {dev}")
-    oof_idx, oof, fold_id = _oof_logits(ds, folds, cfg, p, dev, seed, progress)
+    oof_idx, oof, fold_id = _oof_logits(ds, folds, cfg, p, dev, seed, progress, echo)
     y_oof = ds.y[oof_idx]
     metrics = _oof_metrics(oof, y_oof, fold_id, cfg.n_calib_knots)
     stack = fit_stack(oof, y_oof)
