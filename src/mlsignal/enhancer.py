@@ -95,6 +95,12 @@ class MLSignalEnhancer:
             self.bundle, device or settings.device, backend or settings.backend
         )
         self._failing: str | None = None  # last runtime failure, for once-per-change logs
+        if settings.api_urls:
+            log.warning(
+                "GPU_INFERENCE_API_URL is set, but this mlsignal has no remote client yet: "
+                "every bar is computed locally on %s",
+                self.runtime.device,
+            )
         log.info(
             "enhancer ready: device=%s backend=%s model=%s contract=%s",
             self.runtime.device,

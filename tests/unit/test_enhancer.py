@@ -164,3 +164,14 @@ def test_cuda_asked_without_cuda_fails_at_construction(tiny_bundle, monkeypatch)
     monkeypatch.setenv("ML_INFERENCE_DEVICE", "cuda")
     with pytest.raises(DeviceUnavailableError, match="ML_INFERENCE_DEVICE='cuda' asks for CUDA"):
         MLSignalEnhancer(tiny_bundle)
+
+
+def test_onnx_backend_is_not_silently_replaced(tiny_bundle):
+    with pytest.raises(ConfigError, match="onnx backend is not available yet"):
+        MLSignalEnhancer(tiny_bundle, device="cpu", backend="onnx")
+
+
+def test_a_remote_url_is_not_silently_ignored(tiny_bundle, monkeypatch, caplog):
+    monkeypatch.setenv("GPU_INFERENCE_API_URL", "https://gpu.internal:8000")
+    MLSignalEnhancer(tiny_bundle, device="cpu")
+    assert any("no remote client yet" in r.getMessage() for r in caplog.records)
