@@ -72,3 +72,19 @@ class ParityError(BundleError):
 # --- transient: fall back ----------------------------------------------------------------
 class UnavailableError(MLSignalError):
     """A dependency (remote server, GPU) is transiently unavailable; fall back."""
+
+
+class WireError(DataError):
+    """A request or response body does not follow the wire schema; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class RemoteError(UnavailableError):
+    """A remote inference call failed; ``reason`` is what ``ml_info`` records."""
+
+
+class VersionMismatchError(RemoteError):
+    """The server's model contract hash differs from the local bundle's."""

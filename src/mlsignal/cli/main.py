@@ -110,6 +110,69 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_doctor)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a bundle over HTTP (v1 JSON API and KServe V2), with batching and API keys",
+        description="The inference server for trading hosts: POST /v1/enhance, /v1/predict, "
+        "GET /v1/models, /healthz, /readyz, /metrics and the Open Inference Protocol (V2).",
+    )
+    p.add_argument(
+        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument(
+        "--api-key-file",
+        help="file with one API key per line (or set MLSIGNAL_API_KEYS, comma separated)",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback address without API keys"
+    )
+    p.add_argument("--ssl-certfile", help="TLS certificate (PEM)")
+    p.add_argument("--ssl-keyfile", help="TLS private key (PEM)")
+    p.add_argument(
+        "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="most windows in one forward pass (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="longest wait to fill a batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=4096,
+        help="most windows waiting; beyond it 503 at once (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-symbols",
+        type=int,
+        default=512,
+        help="most symbols per request (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-bars", type=int, default=5000, help="most bars per symbol (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=32.0,
+        help="largest request body in MiB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="threads computing features (default: %(default)s)"
+    )
+    p.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -122,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_enhance, _add_demo, _add_doctor):
+    for add in (_add_train, _add_enhance, _add_serve, _add_demo, _add_doctor):
         add(sub)
     return parser
 
@@ -137,6 +200,12 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from mlsignal.cli.commands import enhance
 
     return enhance(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mlsignal.cli.serve import serve
+
+    return serve(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

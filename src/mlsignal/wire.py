@@ -1,0 +1,203 @@
+"""The HTTP wire schema shared by client and server (plain dicts, JSON via orjson).
+
+Neither side imports the other; both import this. Nothing here imports torch.
+
+``POST /v1/enhance`` request::
+
+    {"symbols": [{"symbol": "SPX", "ss": 40.0, "bs": 70.0,          # ss/bs may be null: rules
+                  "bars": {"t": [epoch_ms, ...], "open": [...], "high": [...],
+                           "low": [...], "close": [...], "volume": [...]}}],
+     "contract_hash": "3f2a…",     # optional pin: the server answers 409 if its model differs
+     "deadline_ms": 800}           # optional budget from arrival; late work is dropped (504)
+
+response::
+
+    {"model_version": "...", "contract_hash": "...", "device": "cuda:0", "backend": "torch",
+     "results": [{"symbol": "SPX", "enhanced_ss": 28.0, "enhanced_bs": 91.0, "ml_info": {...}}]}
+
+``POST /v1/predict``: ``{"windows": [[[float] * F] * T] * B, "contract_hash": ...}`` ->
+``{"names": ["p_lstm", "p_tft", "bull_prob"], "outputs": [[p_lstm, p_tft, bull_prob], ...],
+"model_version": ..., "contract_hash": ...}``. Errors: ``{"error": "..."}`` with a 4xx/5xx.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from mlsignal.errors import WireError
+
+BAR_KEYS = ("open", "high", "low", "close", "volume")
+OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
+JSON_TYPE = "application/json"
+
+
+def dumps(doc: Any) -> bytes:
+    """JSON bytes; numpy scalars and arrays serialise natively."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse JSON, or raise :class:`WireError` on ``body``."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise WireError("body", f"not valid JSON ({e})") from None
+
+
+# --- bars ---------------------------------------------------------------------------------
+def encode_bars(bars: pd.DataFrame) -> dict[str, list]:
+    """Canonical bars -> columnar JSON-able dict with epoch-millisecond timestamps."""
+    ts = bars.index.values.astype("datetime64[ms]").astype(np.int64)
+    doc: dict[str, list] = {"t": ts.tolist()}
+    for key in BAR_KEYS:
+        doc[key] = bars[key].to_numpy(dtype=np.float64).tolist()
+    return doc
+
+
+def decode_bars(doc: Any, where: str, max_bars: int) -> pd.DataFrame:
+    """Columnar dict -> a raw bars DataFrame (validated later by ``normalize_bars``)."""
+    if not isinstance(doc, Mapping):
+        raise WireError(where, "must be an object with t, open, high, low, close, volume")
+    t = _number_list(doc.get("t"), f"{where}.t", integer=True)
+    if len(t) > max_bars:
+        raise WireError(f"{where}.t", f"{len(t)} bars exceed the limit of {max_bars}")
+    cols = {k: _number_list(doc.get(k), f"{where}.{k}") for k in BAR_KEYS}
+    for k, v in cols.items():
+        if len(v) != len(t):
+            raise WireError(f"{where}.{k}", f"has {len(v)} values but t has {len(t)}")
+    index = pd.DatetimeIndex(np.asarray(t, dtype="datetime64[ms]").astype("datetime64[ns]"))
+    return pd.DataFrame(cols, index=index.rename("timestamp"))
+
+
+def _number_list(value: Any, where: str, integer: bool = False) -> list:
+    if not isinstance(value, list):
+        raise WireError(where, "must be a list of numbers")
+    kinds = (int,) if integer else (int, float)
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise WireError(f"{where}[{i}]", f"must be {'an integer' if integer else 'a number'}")
+    return value
+
+
+# --- enhance ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnhanceItem:
+    """One decoded symbol of a ``/v1/enhance`` request."""
+
+    symbol: str
+    bars: pd.DataFrame
+    ss: float | None
+    bs: float | None
+
+
+@dataclass(frozen=True)
+class EnhanceCall:
+    """A decoded ``/v1/enhance`` request."""
+
+    items: list[EnhanceItem]
+    contract_hash: str | None
+    deadline_ms: float | None
+
+
+def encode_enhance(
+    items: Sequence[tuple[str, pd.DataFrame, float | None, float | None]],
+    contract_hash: str | None = None,
+    deadline_ms: float | None = None,
+) -> dict[str, Any]:
+    """Build a ``/v1/enhance`` request from (symbol, bars, ss, bs) tuples."""
+    return {
+        "symbols": [
+            {"symbol": s, "ss": ss, "bs": bs, "bars": encode_bars(b)} for s, b, ss, bs in items
+        ],
+        "contract_hash": contract_hash,
+        "deadline_ms": deadline_ms,
+    }
+
+
+def decode_enhance(doc: Any, max_symbols: int, max_bars: int) -> EnhanceCall:
+    """Validate and decode a ``/v1/enhance`` body; :class:`WireError` names the field."""
+    if not isinstance(doc, Mapping):
+        raise WireError("body", "must be a JSON object")
+    symbols = doc.get("symbols")
+    if not isinstance(symbols, list) or not symbols:
+        raise WireError("symbols", "must be a non-empty list")
+    if len(symbols) > max_symbols:
+        raise WireError("symbols", f"{len(symbols)} symbols exceed the limit of {max_symbols}")
+    items = [_decode_item(s, f"symbols[{i}]", max_bars) for i, s in enumerate(symbols)]
+    return EnhanceCall(items, _opt_str(doc, "contract_hash"), _opt_budget(doc, "deadline_ms"))
+
+
+def _decode_item(doc: Any, where: str, max_bars: int) -> EnhanceItem:
+    if not isinstance(doc, Mapping):
+        raise WireError(where, "must be an object with symbol, bars, ss, bs")
+    symbol = doc.get("symbol", "")
+    if not isinstance(symbol, str) or len(symbol) > 64:
+        raise WireError(f"{where}.symbol", "must be a string of at most 64 characters")
+    scores = [_opt_score(doc, k, where) for k in ("ss", "bs")]
+    return EnhanceItem(symbol, decode_bars(doc.get("bars"), f"{where}.bars", max_bars), *scores)
+
+
+def _opt_score(doc: Mapping[str, Any], key: str, where: str) -> float | None:
+    v = doc.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
+        raise WireError(f"{where}.{key}", f"must be null or a number in 0..100, got {v!r}")
+    return float(v)
+
+
+def _opt_str(doc: Mapping[str, Any], key: str) -> str | None:
+    v = doc.get(key)
+    if v is not None and not isinstance(v, str):
+        raise WireError(key, "must be a string or null")
+    return v
+
+
+def _opt_budget(doc: Mapping[str, Any], key: str) -> float | None:
+    v = doc.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 3.6e6:
+        raise WireError(key, f"must be null or a positive number of milliseconds, got {v!r}")
+    return float(v)
+
+
+# --- predict ------------------------------------------------------------------------------
+def encode_windows(windows: np.ndarray) -> dict[str, Any]:
+    """``/v1/predict`` request body for windows ``(B, T, F)``."""
+    return {"windows": np.asarray(windows, dtype=np.float32)}
+
+
+def decode_windows(doc: Any, shape: tuple[int, int], max_batch: int) -> np.ndarray:
+    """Validate ``{"windows": [[[...]]]}`` -> float32 ``(B, T, F)``; ``shape`` is (T, F)."""
+    if not isinstance(doc, Mapping) or "windows" not in doc:
+        raise WireError("windows", "is required: a list of (T, F) windows")
+    try:
+        arr = np.asarray(doc["windows"], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise WireError("windows", "must be a rectangular list of numbers") from None
+    if arr.ndim != 3 or arr.shape[1:] != shape or arr.shape[0] == 0:
+        raise WireError(
+            "windows", f"has shape {list(arr.shape)}; expected [B, {shape[0]}, {shape[1]}]"
+        )
+    if arr.shape[0] > max_batch:
+        raise WireError("windows", f"{arr.shape[0]} windows exceed the limit of {max_batch}")
+    if not np.isfinite(arr).all():
+        b, t, f = np.argwhere(~np.isfinite(arr))[0]
+        raise WireError(f"windows[{b}][{t}][{f}]", "must be finite")
+    return arr
+
+
+def result_to_wire(symbol: str, ess: float, ebs: float, info: Mapping[str, Any]) -> dict:
+    """One enhance result as JSON-able dict (NaN never appears: ml_info values are finite)."""
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in info.items()
+    }
+    return {"symbol": symbol, "enhanced_ss": ess, "enhanced_bs": ebs, "ml_info": clean}
