@@ -52,8 +52,19 @@ def enhance(args: argparse.Namespace) -> int:
     from mlsignal.enhancer import MLSignalEnhancer
 
     bars = load_bars_arg(args.data)
-    enhancer = MLSignalEnhancer(args.bundle, device=args.device)
-    ess, ebs, info = enhancer.enhance_signal(bars, args.ss, args.bs)
+    remote = ",".join(args.remote) if args.remote else None
+    enhancer = MLSignalEnhancer(
+        args.bundle,
+        device=args.device,
+        remote_urls=remote,
+        timeout_s=args.timeout,
+        accept_version_mismatch=args.accept_version_mismatch,
+        tls_verify=args.cacert or True,
+    )
+    try:
+        ess, ebs, info = enhancer.enhance_signal(bars, args.ss, args.bs)
+    finally:
+        enhancer.close()
     if args.json:
         print(json.dumps({"enhanced_ss": ess, "enhanced_bs": ebs, "ml_info": info}))
         return 0
@@ -63,7 +74,9 @@ def enhance(args: argparse.Namespace) -> int:
     for key in ("bull_prob", "p_lstm", "p_tft", "regime_vol", "regime", "kelly", "kelly_side"):
         value = info[key]
         print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
-    for key in ("source", "device", "backend", "model_version"):
-        print(f"{key:<12} {info[key]}")
+    for key in ("source", "endpoint", "attempts", "fallback_reason", "device", "backend"):
+        if info.get(key):
+            print(f"{key:<12} {info[key]}")
+    print(f"{'model':<12} {info['model_version']}")
     print(f"latency_ms   {info['latency_ms']:.2f}")
     return 0

@@ -67,6 +67,23 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
     )
+    p.add_argument(
+        "--remote",
+        action="append",
+        metavar="URL",
+        help="inference server URL; repeat for fail-over (default: $GPU_INFERENCE_API_URL)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="remote budget in seconds (default: $GPU_INFERENCE_TIMEOUT or 3)",
+    )
+    p.add_argument(
+        "--accept-version-mismatch",
+        action="store_true",
+        help="use a server whose model differs from the local bundle",
+    )
+    p.add_argument("--cacert", help="CA bundle for https servers with a private CA")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_enhance)
 
