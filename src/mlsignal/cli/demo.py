@@ -108,4 +108,10 @@ def demo(args: argparse.Namespace) -> int:
         )
         print(_table(rows[-args.rows :]))
         print(_summary(rows))
+    if args.remote_bars > 0:
+        from mlsignal.cli.demo_remote import remote_demo
+
+        bars = next(iter(load_dataset(args.data).values()))
+        print()
+        print(remote_demo(args.bundle, bars, args.remote_bars, enhancer))
     return 0

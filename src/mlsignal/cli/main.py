@@ -114,6 +114,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         choices=["tiny", "quick", "full"],
         help="preset if training is needed",
     )
+    p.add_argument(
+        "--remote-bars",
+        type=int,
+        default=60,
+        help="bars to send through a loopback server that is killed half way; 0 skips it "
+        "(default: %(default)s)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
