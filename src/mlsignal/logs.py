@@ -35,3 +35,6 @@ def configure_logging(level: str = "WARNING", json_format: bool = False) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx/httpcore log every request at INFO: one line per bar is not an event.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,107 @@
+"""``mlsignal serve``: load, verify and warm a bundle, then serve it with uvicorn.
+
+Refuses (exit 2, one line) to listen on a non-loopback address without API keys unless
+``--insecure``. SIGTERM/SIGINT drain: no new connections, requests in flight finish, the
+batcher empties, exit 0. SIGHUP reloads the bundle (see ``POST /v1/admin/reload``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from mlsignal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlsignal.server import ServerConfig
+
+log = logging.getLogger("mlsignal.server")
+
+#: Seconds uvicorn waits for requests in flight after SIGTERM before cancelling them.
+GRACEFUL_S = 30.0
+
+
+def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerConfig:
+    """The server's limits from the command line."""
+    from mlsignal.server import ServerConfig
+
+    for name in ("max_batch", "max_queue", "max_symbols", "max_bars", "workers"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_wait_ms < 0 or not args.max_body_mb > 0:
+        raise ConfigError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
+    return ServerConfig(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_symbols=args.max_symbols,
+        max_bars=args.max_bars,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        workers=args.workers,
+        api_keys=keys,
+    )
+
+
+def _check_tls(args: argparse.Namespace) -> None:
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    import uvicorn
+
+    from mlsignal.config import Settings
+    from mlsignal.server import create_app, load_model
+    from mlsignal.server.auth import check_bind, load_keys
+
+    keys = load_keys(args.api_key_file)
+    check_bind(args.host, keys, args.insecure)
+    _check_tls(args)
+    config = server_config(args, keys)
+    settings = Settings.from_env()
+    device = args.device or settings.device
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
+    state = load_model(args.bundle, device, settings.backend, config.max_batch)
+    app = create_app(config, state)
+    scheme = "https" if args.ssl_certfile else "http"
+    log.info(
+        "serving %s://%s:%d device=%s backend=%s model_version=%s contract_hash=%s "
+        "api_keys=%s parity_worst_diff=%.3g warmup_ms=%.1f",
+        scheme, args.host, args.port, state.device, state.backend,
+        state.bundle.model_version, state.bundle.contract_hash,
+        "on" if keys else "off", state.parity_worst_diff, state.warmup_ms,
+    )  # fmt: skip
+    uv_config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_S,
+    )
+    server = uvicorn.Server(uv_config)
+    # uvicorn re-raises the captured SIGTERM/SIGINT after its graceful shutdown; with these
+    # handlers in place that re-raise is a no-op and the drained server exits 0.
+    drained = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in drained}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        print("mlsignal serve: error: the server did not start (see the log)", file=sys.stderr)
+        return 1
+    log.info("stopped")
+    return 0

@@ -1,0 +1,414 @@
+"""The HTTP client of remote inference: one deadline, retry, fail-over, a breaker per URL.
+
+A call tries the configured endpoints in order, skipping those whose circuit is open; a
+transient failure (connect error, timeout, 502/503/504) moves to the next endpoint, or
+retries the same one after a jittered pause when there is no other; a 500 may fail over but
+is never retried on the same server; a 4xx is final. All of it runs inside one deadline of
+``timeout_s``. Every failure reaches the caller as a :class:`~mlsignal.errors.RemoteError`
+whose message is a short reason for ``ml_info["fallback_reason"]``, with ``attempts`` and
+``endpoint`` attributes. The API key never appears in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from mlsignal import __version__, wire
+from mlsignal.client.breaker import BreakerConfig, CircuitBreaker
+from mlsignal.client.policy import Clock, Deadline, RetryPolicy, describe_failure, error_text
+from mlsignal.config import Settings
+from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
+
+log = logging.getLogger(__name__)
+
+# A trading host: a few threads, one or a few servers. Idle connections are dropped after 4 s,
+# below uvicorn's default 5 s keep-alive, so we never reuse one the server is closing.
+LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=4.0)
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class RemoteReply:
+    """A successful remote call."""
+
+    doc: dict[str, Any]  # the parsed JSON response
+    endpoint: str  # base URL that answered
+    attempts: int  # HTTP attempts made (1: the first try succeeded)
+    latency_ms: float  # wall time of the whole call, retries and backoff included
+
+
+class _EndpointFailure(Exception):
+    """An attempt failed in a way that counts against the endpoint's circuit."""
+
+    def __init__(self, reason: str, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient  # worth retrying on the same endpoint
+
+
+@dataclass
+class _Run:
+    """The state of one call across its attempts."""
+
+    deadline: Deadline
+    candidates: Sequence[str]
+    gate: bool  # consult the breakers (False: an explicitly named endpoint)
+    attempts: int = 0
+    same_retries: int = 0
+    tried: set[str] = field(default_factory=set)
+    reasons: list[str] = field(default_factory=list)
+
+
+class RemoteClient:
+    """Calls ``mlsignal serve`` endpoints with a deadline, retry, fail-over and breakers.
+
+    Args:
+        urls: base URLs (``http(s)://host:port[/prefix]``), tried in this order.
+        api_key: sent as ``Authorization: Bearer <key>``; never logged.
+        timeout_s: the budget of one whole call, all attempts and pauses included.
+        contract_hash: the local bundle's contract hash; pins the server's model.
+        accept_mismatch: use a server whose model differs (no pin is sent).
+        retry: the retry policy (default: 2 attempts, 20 ms jittered backoff).
+        breaker: the circuit breaker settings, one breaker per URL.
+        verify: TLS verification: True, False or the path of a CA bundle.
+        clock: monotonic seconds, for deadlines, breakers and latency.
+        transport: an httpx transport (tests use ``httpx.MockTransport``).
+        rng: the random source of backoff jitter.
+        sleep: how to pause before a same-endpoint retry.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str] | str,
+        api_key: str | None = None,
+        timeout_s: float = 3.0,
+        contract_hash: str | None = None,
+        accept_mismatch: bool = False,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerConfig | None = None,
+        verify: bool | str = True,
+        clock: Clock = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.urls = _check_urls(urls)
+        if not (isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf):
+            raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        self.timeout_s = float(timeout_s)
+        self.contract_hash = contract_hash
+        self.accept_mismatch = accept_mismatch
+        self.retry = retry or RetryPolicy()
+        self._key = _check_key(api_key)
+        self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()
+        self._breakers = {u: CircuitBreaker(u, breaker, clock) for u in self.urls}
+        self._closed = False
+        self._http = httpx.Client(
+            headers=_headers(self._key),
+            verify=_tls(verify),
+            limits=LIMITS,
+            transport=transport,
+            trust_env=False,  # no proxy or CA bundle picked up silently from the environment
+            follow_redirects=False,
+        )
+        for u in self.urls:
+            if self._key and u.startswith("http://") and httpx.URL(u).host not in _LOOPBACK:
+                log.warning("the API key goes to %s over plain http; use https", u)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> RemoteClient:
+        """A client for ``GPU_INFERENCE_API_URL``/``_KEY``/``_TIMEOUT`` as read into settings."""
+        return cls(
+            settings.api_urls, api_key=settings.api_key, timeout_s=settings.timeout_s, **kwargs
+        )
+
+    @property
+    def pinned(self) -> bool:
+        """True when calls pin the server's model to ``contract_hash``."""
+        return self.contract_hash is not None and not self.accept_mismatch
+
+    def enhance(self, body: dict[str, Any]) -> RemoteReply:
+        """``POST /v1/enhance`` with ``body`` (not mutated), the pin and ``deadline_ms``."""
+        return self._call("POST", "/v1/enhance", self._pin(dict(body)), send_deadline=True)
+
+    def predict(self, windows: np.ndarray) -> RemoteReply:
+        """``POST /v1/predict`` with feature windows ``(B, T, F)``."""
+        try:
+            body = wire.encode_windows(windows)
+        except (TypeError, ValueError) as e:
+            raise self._fail(RemoteError, f"cannot encode windows: {e}", 0, None) from None
+        return self._call("POST", "/v1/predict", self._pin(body))
+
+    def models(self, url: str | None = None) -> dict[str, Any]:
+        """``GET /v1/models`` of ``url`` (asked even if its circuit is open), else of the
+        first endpoint whose circuit allows a call. No version check: this is how to look."""
+        if url is None:
+            return self._call("GET", "/v1/models", None, check_pin=False).doc
+        base = _base_url(url)
+        if base not in self._breakers:
+            raise ConfigError(f"{base} is not one of the configured endpoints {self.urls}")
+        return self._call("GET", "/v1/models", None, check_pin=False, only=base).doc
+
+    def endpoint_states(self) -> dict[str, str]:
+        """URL -> circuit state (``closed``, ``open``, ``half_open``)."""
+        return {u: b.state for u, b in self._breakers.items()}
+
+    def close(self) -> None:
+        """Close pooled connections; later calls raise :class:`RemoteError`."""
+        self._closed = True
+        self._http.close()
+
+    def __enter__(self) -> RemoteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"RemoteClient(urls={self.urls!r}, timeout_s={self.timeout_s})"
+
+    # --- one call: attempts, fail-over and backoff, all inside one deadline ----------------
+    def _call(
+        self,
+        method: str,
+        path: str,
+        doc: dict[str, Any] | None,
+        *,
+        send_deadline: bool = False,
+        check_pin: bool = True,
+        only: str | None = None,
+    ) -> RemoteReply:
+        run = _Run(Deadline(self.timeout_s, self._clock), (only,) if only else self.urls, not only)
+        if self._closed:
+            raise self._fail(RemoteError, "remote client is closed", 0, None)
+        body, cap_ms = self._encode(doc, send_deadline)
+        url = self._next_endpoint(run)
+        if url is None:  # no I/O at all: the caller falls back at once
+            raise self._fail(RemoteError, self._all_open(), 0, None)
+        while True:
+            run.attempts += 1
+            run.tried.add(url)
+            try:
+                answer = self._attempt(method, url, path, body, run.deadline, cap_ms)
+            except _EndpointFailure as f:
+                self._breakers[url].record_failure(f.reason)
+                run.reasons.append(f.reason)
+                nxt = self._retry_to(url, f, run)
+                if nxt is None:
+                    raise self._fail(RemoteError, _summary(run), run.attempts, url) from None
+                url = nxt
+                continue
+            except RemoteError as e:  # a 4xx: the server is up and said no
+                self._breakers[url].record_success()
+                raise self._fail(type(e), str(e), run.attempts, url) from None
+            self._breakers[url].record_success()
+            if check_pin:
+                self._check_pin(answer, url, run.attempts)
+            return RemoteReply(answer, url, run.attempts, run.deadline.elapsed_s() * 1e3)
+
+    def _next_endpoint(self, run: _Run) -> str | None:
+        """The first untried endpoint whose breaker allows a call (this takes a probe)."""
+        for u in run.candidates:
+            if u not in run.tried and (not run.gate or self._breakers[u].allow()):
+                return u
+        return None
+
+    def _retry_to(self, url: str, failure: _EndpointFailure, run: _Run) -> str | None:
+        """Where the next attempt goes (after any pause), or None to give up."""
+        min_s = self.retry.min_attempt_s
+        if run.attempts >= self.retry.max_attempts or run.deadline.expired(min_s):
+            return None
+        other = self._next_endpoint(run)
+        if other is not None:
+            return other  # fail-over: no pause
+        if not failure.transient:
+            return None  # a 500 or a broken answer: never again on the same server
+        pause = self.retry.pause_before_retry(run.same_retries, run.deadline, self._rng)
+        if pause is None or (run.gate and not self._breakers[url].allow()):
+            return None
+        self._sleep(pause)
+        run.same_retries += 1
+        return None if run.deadline.expired(min_s) else url
+
+    def _attempt(
+        self, method: str, url: str, path: str, body: bytes | None, deadline: Deadline, cap: float
+    ) -> dict[str, Any]:
+        """One HTTP exchange with ``url + path`` in what is left of ``deadline``."""
+        budget = deadline.remaining_s()
+        headers = None
+        if body is not None:
+            headers = {"content-type": wire.JSON_TYPE}
+            if cap > 0:  # tell the server our budget: it drops work nobody waits for
+                body = _with_deadline(body, max(1, int(min(budget * 1e3, cap))))
+        try:
+            request = self._http.build_request(
+                method, url + path, content=body, headers=headers, timeout=budget
+            )
+            response = self._http.send(request, stream=True)
+            try:
+                raw = _read(response, deadline, url)
+            finally:
+                response.close()
+        except httpx.HTTPError as e:
+            reason = self._scrub(describe_failure(e, url, self.timeout_s))
+            raise _EndpointFailure(reason, self.retry.should_retry(e)) from None
+        except _EndpointFailure:
+            raise
+        except Exception as e:  # never crash the trading loop: fall back, say why
+            log.debug("unexpected error calling %s", url, exc_info=True)
+            reason = self._scrub(f"{type(e).__name__} at {url}: {e}")
+            raise _EndpointFailure(reason, False) from None
+        return self._judge(response.status_code, raw, url)
+
+    def _judge(self, status: int, raw: bytes, url: str) -> dict[str, Any]:
+        """The parsed answer of a 2xx; otherwise the exception its status calls for."""
+        if 200 <= status < 300:
+            try:
+                doc = wire.loads(raw)
+            except WireError:
+                doc = None
+            if not isinstance(doc, dict):
+                raise _EndpointFailure(f"malformed response from {url}: not a JSON object", False)
+            return doc
+        text = self._scrub(error_text(raw, status))
+        if status in (401, 403):
+            raise RemoteError(f"auth failed at {url}: {status} {text}")
+        if status == 409:
+            prefix = "" if "mismatch" in text.lower() else "model version mismatch: "
+            raise VersionMismatchError(f"{prefix}{text} ({url})")
+        if 400 <= status < 500:
+            raise RemoteError(f"{url} rejected the request: {status} {text}")
+        if status >= 500:
+            transient = self.retry.should_retry(status)
+            raise _EndpointFailure(f"HTTP {status} at {url}: {text}", transient)
+        raise RemoteError(f"unexpected HTTP {status} from {url}")
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _encode(
+        self, doc: dict[str, Any] | None, send_deadline: bool
+    ) -> tuple[bytes | None, float]:
+        """JSON once per call, so bad input fails before any I/O. Returns the body and the
+        cap on ``deadline_ms`` (0: none is sent; the caller's own value caps ours)."""
+        if doc is None:
+            return None, 0.0
+        theirs = doc.pop("deadline_ms", None) if send_deadline else None
+        cap = 0.0
+        if send_deadline:
+            ok = isinstance(theirs, int | float) and theirs > 0
+            cap = float(theirs) if ok else math.inf
+        try:
+            return wire.dumps(doc), cap
+        except TypeError as e:
+            message = f"request is not JSON-serialisable: {e}"
+            raise self._fail(RemoteError, message, 0, None) from None
+
+    def _pin(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if self.pinned:
+            doc["contract_hash"] = self.contract_hash
+        elif self.accept_mismatch:
+            doc.pop("contract_hash", None)
+        return doc
+
+    def _check_pin(self, doc: dict[str, Any], url: str, attempts: int) -> None:
+        theirs = doc.get("contract_hash")
+        if not self.pinned or theirs == self.contract_hash:
+            return
+        message = (
+            f"model version mismatch: server {url} serves {str(theirs)[:12]} "
+            f"(model_version {doc.get('model_version')}), "
+            f"local bundle is {str(self.contract_hash)[:12]}"
+        )
+        raise self._fail(VersionMismatchError, message, attempts, url)
+
+    def _all_open(self) -> str:
+        # Stable text (no countdown): it becomes ml_info["fallback_reason"] bar after bar.
+        return f"circuit open for every endpoint: {', '.join(self.urls)}"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _fail(
+        self, cls: type[RemoteError], message: str, attempts: int, endpoint: str | None
+    ) -> RemoteError:
+        err = cls(self._scrub(message))
+        err.attempts = attempts
+        err.endpoint = endpoint
+        return err
+
+
+def _read(response: httpx.Response, deadline: Deadline, url: str) -> bytes:
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise _EndpointFailure(f"response from {url} is over {MAX_RESPONSE_BYTES} B", False)
+        chunks.append(chunk)
+        if deadline.expired():  # a server trickling bytes does not stretch the deadline
+            raise httpx.ReadTimeout("deadline passed while reading", request=response.request)
+    return b"".join(chunks)
+
+
+def _summary(run: _Run) -> str:
+    text = "; ".join(dict.fromkeys(run.reasons))
+    return f"{text} ({run.attempts} attempts)" if run.attempts > 1 else text
+
+
+def _with_deadline(body: bytes, ms: int) -> bytes:
+    """Append ``"deadline_ms"`` to an encoded JSON object (orjson ends one with ``}``)."""
+    sep = b"" if body == b"{}" else b","
+    return body[:-1] + sep + b'"deadline_ms":%d}' % ms
+
+
+def _base_url(raw: str) -> str:
+    text = str(raw).strip().rstrip("/")
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL:
+        raise ConfigError(f"inference server URL {text!r} is not a valid URL") from None
+    if url.userinfo:  # not echoed: it holds a password
+        raise ConfigError("an inference server URL carries credentials; use the API key setting")
+    if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
+        raise ConfigError(f"inference server URL {text!r} must be http(s)://host[:port][/path]")
+    return text
+
+
+def _check_urls(urls: Sequence[str] | str) -> tuple[str, ...]:
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    out = tuple(dict.fromkeys(_base_url(u) for u in items if str(u).strip()))
+    if not out:
+        raise ConfigError("no inference server URL given (GPU_INFERENCE_API_URL)")
+    return out
+
+
+def _check_key(key: str | None) -> str | None:
+    key = (key or "").strip() or None
+    if key is not None and not (key.isascii() and key.isprintable()):
+        raise ConfigError("the API key has characters an HTTP header cannot carry")
+    return key
+
+
+def _headers(key: str | None) -> dict[str, str]:
+    headers = {"accept": wire.JSON_TYPE, "user-agent": f"mlsignal/{__version__}"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return headers
+
+
+def _tls(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    if isinstance(verify, bool | ssl.SSLContext):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=str(verify))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"TLS CA bundle {verify!r} cannot be loaded: {e}") from None

@@ -1,0 +1,292 @@
+"""The FastAPI app: v1 JSON routes, health, metrics, admin reload, and the V2 router.
+
+Layering: imports wire, inference, runtime (through state), bundle, config and errors;
+never the client or the enhancer. Every answer is JSON through orjson; every error is
+``{"error": "..."}`` and never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+
+from mlsignal import wire
+from mlsignal.errors import BundleError, DataError, MLSignalError
+from mlsignal.inference import Prepared, SignalRequest, finish, prepare
+from mlsignal.server import v2
+from mlsignal.server.auth import AuthMiddleware
+from mlsignal.server.batcher import DeadlineError, DrainingError, QueueFullError
+from mlsignal.server.limits import BodyLimitMiddleware, note_error
+from mlsignal.server.metrics import CONTENT_TYPE, MetricsMiddleware
+from mlsignal.server.state import (
+    ModelState,
+    ReloadBusyError,
+    ServerConfig,
+    Services,
+    VersionPinError,
+    check_pin,
+    json_response,
+    model_fields,
+    services,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = "1"
+
+
+def create_app(config: ServerConfig, state: ModelState) -> FastAPI:
+    """Build the app around a loaded :class:`ModelState`."""
+    svc = Services(config, state)
+    app = FastAPI(
+        title="mlsignal",
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=svc.metrics),
+            Middleware(AuthMiddleware, keys=config.api_keys),
+            Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes),
+        ],
+    )
+    app.state.services = svc
+    _add_error_handlers(app)
+    app.include_router(router)
+    app.include_router(v2.router)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    svc: Services = app.state.services
+    svc.batcher.start()
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload_on_signal(svc))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    try:
+        yield
+    finally:
+        svc.draining = True
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        await svc.batcher.close()
+        svc.pool.shutdown(wait=True)
+        log.info("drained: batcher empty, worker threads stopped")
+
+
+async def _reload_on_signal(svc: Services) -> None:
+    try:
+        await reload_model(svc, None)
+    except Exception as e:  # a failed reload keeps the old model
+        log.error("SIGHUP reload failed, still serving the old model: %s", e)
+
+
+async def reload_model(svc: Services, path: str | None) -> ModelState:
+    """Reload (default: the same bundle path) and count the outcome."""
+    try:
+        new = await svc.holder.reload(path)
+    except ReloadBusyError:
+        raise
+    except Exception:
+        svc.metrics.reloads.labels("failed").inc()
+        raise
+    svc.metrics.reloads.labels("ok").inc()
+    return new
+
+
+# --- errors -------------------------------------------------------------------------------
+#: (exception class, status, metrics kind, extra headers); first match wins.
+_ERRORS: tuple[tuple[type[Exception], int, str, dict[str, str]], ...] = (
+    (VersionPinError, 409, "version_mismatch", {}),
+    (ReloadBusyError, 409, "reload_busy", {}),
+    (QueueFullError, 503, "overloaded", {"Retry-After": RETRY_AFTER_S}),
+    (DrainingError, 503, "draining", {"Retry-After": RETRY_AFTER_S}),
+    (DeadlineError, 504, "deadline", {}),
+    (DataError, 422, "invalid", {}),
+    (BundleError, 422, "reload_failed", {}),
+)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    for cls, status, kind, headers in _ERRORS:
+        app.add_exception_handler(cls, _handler(status, kind, headers))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+def _handler(status: int, kind: str, headers: dict[str, str]) -> Callable[..., Any]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        code = status
+        if code == 422 and request.url.path.startswith("/v2/"):
+            code = 400  # the V2 protocol answers a bad request with 400
+        note_error(request.scope, kind)
+        return json_response({"error": str(exc)}, code, headers or None)
+
+    return handle
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    detail = exc.detail
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"not found: {request.url.path}"
+    return json_response({"error": str(detail)}, exc.status_code, exc.headers)
+
+
+# --- the v1 steps, shared by routes -------------------------------------------------------
+def decode_enhance(body: bytes, config: ServerConfig) -> wire.EnhanceCall:
+    """Parse and validate an enhance body (in the pool: big bodies take milliseconds)."""
+    return wire.decode_enhance(wire.loads(body), config.max_symbols, config.max_bars)
+
+
+def finish_all(
+    state: ModelState, prepared: list[Prepared], out: np.ndarray, latency_ms: float
+) -> list[dict[str, Any]]:
+    """Model outputs -> wire results, with the same ``finish`` as in-process inference."""
+    results = []
+    for p, row in zip(prepared, out, strict=True):
+        r = finish(
+            state.bundle,
+            p,
+            row,
+            device=state.device,
+            backend=state.backend,
+            latency_ms=latency_ms,
+            source="local",
+        )
+        results.append(wire.result_to_wire(r.symbol, r.enhanced_ss, r.enhanced_bs, r.ml_info))
+    return results
+
+
+async def enhance(svc: Services, body: bytes) -> dict[str, Any]:
+    """``POST /v1/enhance``: decode, prepare (pool), batch predict, finish (pool)."""
+    loop = asyncio.get_running_loop()
+    arrived, t0 = loop.time(), time.perf_counter()
+    state = svc.holder.current
+    call = await svc.blocking(decode_enhance, body, svc.config)
+    check_pin(call.contract_hash, state)
+    deadline = None if call.deadline_ms is None else arrived + call.deadline_ms / 1e3
+    prepared: list[Prepared] = await asyncio.gather(
+        *(
+            svc.blocking(prepare, state.bundle, SignalRequest(i.symbol, i.bars, i.ss, i.bs))
+            for i in call.items
+        )
+    )
+    windows = np.stack([p.window for p in prepared])
+    out = await svc.batcher.submit(state.runtime, windows, deadline)
+    latency_ms = (time.perf_counter() - t0) * 1e3
+    results = await svc.blocking(finish_all, state, prepared, out, latency_ms)
+    return {**model_fields(state), "results": results}
+
+
+def reload_path(body: bytes) -> str | None:
+    """The optional ``{"bundle": "path"}`` of an admin reload."""
+    if not body.strip():
+        return None
+    doc = wire.loads(body)
+    if not isinstance(doc, dict):
+        raise wire.WireError("body", "must be a JSON object")
+    path = doc.get("bundle")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise wire.WireError("bundle", "must be a non-empty string path or null")
+    return path
+
+
+def metrics_response(svc: Services) -> Response:
+    """The Prometheus exposition."""
+    svc.metrics.queue_depth.set(svc.batcher.depth)
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# --- routes -------------------------------------------------------------------------------
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """Alive: the process answers."""
+    return json_response({"status": "alive"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready: bundle loaded, parity checked, warmed up, not draining."""
+    svc = services(request)
+    if not svc.ready:
+        return json_response({"ready": False, "error": "not ready: shutting down"}, 503)
+    b = svc.holder.current.bundle
+    return json_response({"ready": True, "model_version": b.model_version})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    return metrics_response(services(request))
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> Response:
+    """The served model: version, contract hash, device, backend, schema, warm-up, parity."""
+    svc = services(request)
+    return json_response({**svc.holder.current.describe(), "ready": svc.ready})
+
+
+@router.post("/v1/enhance")
+async def enhance_route(request: Request) -> Response:
+    """Bars + rule scores of one or many symbols -> enhanced scores and ml_info."""
+    svc = services(request)
+    return json_response(await enhance(svc, await request.body()))
+
+
+@router.post("/v1/predict")
+async def predict_route(request: Request) -> Response:
+    """Feature windows ``(B, T, F)`` -> model outputs ``(B, 3)``."""
+    svc, body = services(request), await request.body()
+    state = svc.holder.current
+    shape = (state.bundle.schema.window, state.bundle.schema.n_features)
+    doc = await svc.blocking(wire.loads, body)
+    check_pin(doc.get("contract_hash") if isinstance(doc, dict) else None, state)
+    windows = await svc.blocking(wire.decode_windows, doc, shape, svc.config.max_symbols)
+    out = await svc.batcher.submit(state.runtime, windows)
+    names = list(wire.OUTPUT_NAMES)
+    return json_response({"names": names, "outputs": out, **model_fields(state)})
+
+
+@router.post("/v1/admin/reload")
+async def reload_route(request: Request) -> Response:
+    """Load, verify, warm and swap a bundle (default: the same path); old model on failure."""
+    svc = services(request)
+    path = reload_path(await request.body())
+    old = svc.holder.current
+    try:
+        new = await reload_model(svc, path)
+    except ReloadBusyError:
+        raise
+    except MLSignalError as e:
+        note_error(request.scope, "reload_failed")
+        status = 422 if isinstance(e, DataError | BundleError) else 500
+        return json_response({"error": f"reload failed, old model kept: {e}"}, status)
+    return json_response(
+        {
+            "reloaded": True,
+            "previous": {"model_version": old.bundle.model_version,
+                         "contract_hash": old.bundle.contract_hash},
+            **new.describe(),
+        }
+    )  # fmt: skip

@@ -1,0 +1,232 @@
+"""The served model: bundle + verified, warmed runtime, and the atomic swap of a hot reload.
+
+A request reads :attr:`ModelHolder.current` once and uses that :class:`ModelState` to the end,
+so a reload never changes the model under a request in flight. Loading, the parity gate and
+the warm-up of a new bundle run in a helper thread while the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Request, Response
+
+from mlsignal import wire
+from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
+from mlsignal.errors import MLSignalError
+from mlsignal.runtime import load_runtime
+from mlsignal.runtime.base import check_parity
+from mlsignal.server.batcher import Batcher
+from mlsignal.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One loaded model: bundle, runtime (parity passed), warm-up done."""
+
+    bundle: Bundle
+    runtime: Any
+    path: Path
+    parity_worst_diff: float
+    warmup_ms: float
+    loaded_at: str
+
+    @property
+    def device(self) -> str:
+        """The runtime's resolved device, e.g. ``cpu`` or ``cuda:0``."""
+        return str(self.runtime.device)
+
+    @property
+    def backend(self) -> str:
+        """``torch`` (or ``onnx``)."""
+        return str(self.runtime.backend)
+
+    def describe(self) -> dict[str, Any]:
+        """The ``GET /v1/models`` document."""
+        b, schema = self.bundle, self.bundle.schema
+        return {
+            "model_version": b.model_version,
+            "contract_hash": b.contract_hash,
+            "device": self.device,
+            "backend": self.backend,
+            "schema": {
+                "window": schema.window,
+                "n_features": schema.n_features,
+                "features": list(schema.names),
+                "hash": schema.hash,
+            },
+            "min_bars": b.min_bars,
+            "warmed_up": True,
+            "warmup_ms": round(self.warmup_ms, 3),
+            "parity_checked": True,
+            "parity_worst_diff": self.parity_worst_diff,
+            "loaded_at": self.loaded_at,
+        }
+
+
+def warm_up(runtime: Any, bundle: Bundle, max_batch: int) -> float:
+    """Run the golden windows at batch sizes 1, golden and ``max_batch``; returns ms taken."""
+    t0 = time.perf_counter()
+    with np.load(bundle.file(GOLDEN_FILE)) as golden:
+        inputs = golden["inputs"].astype(np.float32)
+    reps = -(-max_batch // len(inputs))
+    full = np.concatenate([inputs] * reps)[:max_batch]
+    for windows in (inputs[:1], inputs, full):
+        runtime.predict(windows)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | None, backend: str, max_batch: int
+) -> ModelState:
+    """Load and verify a bundle, load its runtime behind the parity gate, and warm it up."""
+    bundle = load_bundle(path)
+    runtime = load_runtime(bundle, device, backend, verify=False)
+    worst = check_parity(runtime)
+    warm_ms = warm_up(runtime, bundle, max_batch)
+    loaded_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return ModelState(bundle, runtime, Path(path), worst, warm_ms, loaded_at)
+
+
+class ReloadBusyError(MLSignalError):
+    """A reload is already running."""
+
+
+class ModelHolder:
+    """Holds the current :class:`ModelState`; :meth:`reload` swaps it atomically."""
+
+    def __init__(
+        self,
+        state: ModelState,
+        device: str | None,
+        backend: str,
+        max_batch: int,
+        on_swap: Callable[[ModelState], None] | None = None,
+    ) -> None:
+        self.current = state
+        self.device = device
+        self.backend = backend
+        self.max_batch = max_batch
+        self._on_swap = on_swap or (lambda s: None)
+        self._busy = False
+        self._on_swap(state)
+
+    async def reload(self, path: str | os.PathLike[str] | None = None) -> ModelState:
+        """Load ``path`` (default: the current bundle's path) off the loop, then swap.
+
+        On any failure the current model stays and the error propagates.
+        """
+        if self._busy:
+            raise ReloadBusyError("a reload is already in progress")
+        self._busy = True
+        try:
+            target = Path(path) if path is not None else self.current.path
+            new = await asyncio.to_thread(
+                load_model, target, self.device, self.backend, self.max_batch
+            )
+        finally:
+            self._busy = False
+        old, self.current = self.current, new  # atomic: one reference assignment
+        self._on_swap(new)
+        log.info(
+            "model swapped: %s (%s) -> %s (%s) on %s/%s",
+            old.bundle.model_version,
+            old.bundle.contract_hash[:12],
+            new.bundle.model_version,
+            new.bundle.contract_hash[:12],
+            new.device,
+            new.backend,
+        )
+        return new
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and batching of one server; ``api_keys`` are never shown in its repr."""
+
+    max_batch: int = 256
+    max_wait_ms: float = 2.0
+    max_queue: int = 4096
+    max_symbols: int = 512
+    max_bars: int = 5000
+    max_body_bytes: int = 32 << 20
+    workers: int = 2
+    api_keys: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+class VersionPinError(MLSignalError):
+    """The request pinned a contract hash that is not the served model's."""
+
+
+class Services:
+    """What the routes share: config, model holder, batcher, metrics, the feature pool."""
+
+    def __init__(self, config: ServerConfig, state: ModelState) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.holder = ModelHolder(
+            state, state.device, state.backend, config.max_batch, self._on_swap
+        )
+        self.batcher = Batcher(
+            config.max_batch,
+            config.max_wait_ms,
+            config.max_queue,
+            on_batch=self.metrics.batch_size.observe,
+            on_depth=self.metrics.queue_depth.set,
+        )
+        self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="mlsignal-features")
+        self.draining = False
+
+    def _on_swap(self, s: ModelState) -> None:
+        self.metrics.set_model(s.bundle.model_version, s.bundle.contract_hash, s.device, s.backend)
+
+    async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run CPU work (parsing, features, fusion) in the pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, parity-checked, warmed up (a :class:`ModelState` is all three) and serving."""
+        return self.holder.current is not None and not self.draining
+
+
+def services(request: Request) -> Services:
+    """The :class:`Services` of the app serving ``request``."""
+    return request.app.state.services
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response through orjson."""
+    return Response(wire.dumps(doc), status, headers, media_type=wire.JSON_TYPE)
+
+
+def check_pin(pinned: str | None, state: ModelState) -> None:
+    """Raise :class:`VersionPinError` when ``pinned`` is not the served contract hash."""
+    if pinned is not None and pinned != state.bundle.contract_hash:
+        raise VersionPinError(
+            f"model version mismatch: server has {state.bundle.contract_hash}, "
+            f"request pinned {pinned}"
+        )
+
+
+def model_fields(state: ModelState) -> dict[str, str]:
+    """The model identity every v1 answer carries."""
+    b = state.bundle
+    return {
+        "model_version": b.model_version,
+        "contract_hash": b.contract_hash,
+        "device": state.device,
+        "backend": state.backend,
+    }
