@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from server_process import ServerProcess  # tests/ is on sys.path (rootdir conftest)
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,25 @@ def sp500_bars():
     from mlsignal.data import load_sample
 
     return load_sample("sp500")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Make :class:`ServerProcess` objects; any still running are killed at teardown."""
+    made: list[ServerProcess] = []
+
+    def make(bundle: Path, *extra_args: str, **kw: object) -> ServerProcess:
+        kw.setdefault("log_dir", tmp_path)
+        server = ServerProcess(bundle, *extra_args, **kw)  # type: ignore[arg-type]
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def server_class() -> type[ServerProcess]:
+    """:class:`ServerProcess` itself, for module-scoped servers."""
+    return ServerProcess

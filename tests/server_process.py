@@ -16,11 +16,9 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 CA_ENV = "MLSIGNAL_TEST_CA"
 
@@ -144,25 +142,3 @@ class ServerProcess:
         self.kill()
         if hasattr(self, "_log"):
             self._log.close()
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Make :class:`ServerProcess` objects; any still running are killed at teardown."""
-    made: list[ServerProcess] = []
-
-    def make(bundle: Path, *extra_args: str, **kw: object) -> ServerProcess:
-        kw.setdefault("log_dir", tmp_path)
-        server = ServerProcess(bundle, *extra_args, **kw)  # type: ignore[arg-type]
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.close()
-
-
-@pytest.fixture(scope="session")
-def server_class() -> type[ServerProcess]:
-    """:class:`ServerProcess` itself, for module-scoped servers (conftest is not importable)."""
-    return ServerProcess
