@@ -7,6 +7,7 @@ and drain each start their own. Every loop is bounded in count and time.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import ssl
@@ -292,9 +293,8 @@ def test_refuses_a_public_address_without_keys(tiny_bundle, tmp_path):
         "--host",
         "0.0.0.0",
     ]
-    run = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"}
-    )
+    env = {k: v for k, v in os.environ.items() if k != "MLSIGNAL_API_KEYS"}  # no keys at all
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "0.0.0.0" in lines[0] and "--insecure" in lines[0]
