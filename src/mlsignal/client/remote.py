@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +22,16 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mlsignal import __version__, wire
+from mlsignal import wire
 from mlsignal.client.breaker import BreakerConfig, CircuitBreaker
+from mlsignal.client.endpoints import (
+    base_url,
+    check_key,
+    check_urls,
+    default_headers,
+    tls_verify,
+    warn_plain_http,
+)
 from mlsignal.client.policy import Clock, Deadline, RetryPolicy, describe_failure, error_text
 from mlsignal.config import Settings
 from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
@@ -35,7 +42,6 @@ log = logging.getLogger(__name__)
 # below uvicorn's default 5 s keep-alive, so we never reuse one the server is closing.
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=4.0)
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -103,28 +109,26 @@ class RemoteClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.urls = _check_urls(urls)
+        self.urls = check_urls(urls)
         if not (isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf):
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.timeout_s = float(timeout_s)
         self.contract_hash = contract_hash
         self.accept_mismatch = accept_mismatch
         self.retry = retry or RetryPolicy()
-        self._key = _check_key(api_key)
+        self._key = check_key(api_key)
         self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()
         self._breakers = {u: CircuitBreaker(u, breaker, clock) for u in self.urls}
         self._closed = False
         self._http = httpx.Client(
-            headers=_headers(self._key),
-            verify=_tls(verify),
+            headers=default_headers(self._key),
+            verify=tls_verify(verify),
             limits=LIMITS,
             transport=transport,
             trust_env=False,  # no proxy or CA bundle picked up silently from the environment
             follow_redirects=False,
         )
-        for u in self.urls:
-            if self._key and u.startswith("http://") and httpx.URL(u).host not in _LOOPBACK:
-                log.warning("the API key goes to %s over plain http; use https", u)
+        warn_plain_http(self.urls, self._key)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RemoteClient:
@@ -155,7 +159,7 @@ class RemoteClient:
         first endpoint whose circuit allows a call. No version check: this is how to look."""
         if url is None:
             return self._call("GET", "/v1/models", None, check_pin=False).doc
-        base = _base_url(url)
+        base = base_url(url)
         if base not in self._breakers:
             raise ConfigError(f"{base} is not one of the configured endpoints {self.urls}")
         return self._call("GET", "/v1/models", None, check_pin=False, only=base).doc
@@ -368,47 +372,3 @@ def _with_deadline(body: bytes, ms: int) -> bytes:
     """Append ``"deadline_ms"`` to an encoded JSON object (orjson ends one with ``}``)."""
     sep = b"" if body == b"{}" else b","
     return body[:-1] + sep + b'"deadline_ms":%d}' % ms
-
-
-def _base_url(raw: str) -> str:
-    text = str(raw).strip().rstrip("/")
-    try:
-        url = httpx.URL(text)
-    except httpx.InvalidURL:
-        raise ConfigError(f"inference server URL {text!r} is not a valid URL") from None
-    if url.userinfo:  # not echoed: it holds a password
-        raise ConfigError("an inference server URL carries credentials; use the API key setting")
-    if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
-        raise ConfigError(f"inference server URL {text!r} must be http(s)://host[:port][/path]")
-    return text
-
-
-def _check_urls(urls: Sequence[str] | str) -> tuple[str, ...]:
-    items = urls.split(",") if isinstance(urls, str) else list(urls)
-    out = tuple(dict.fromkeys(_base_url(u) for u in items if str(u).strip()))
-    if not out:
-        raise ConfigError("no inference server URL given (GPU_INFERENCE_API_URL)")
-    return out
-
-
-def _check_key(key: str | None) -> str | None:
-    key = (key or "").strip() or None
-    if key is not None and not (key.isascii() and key.isprintable()):
-        raise ConfigError("the API key has characters an HTTP header cannot carry")
-    return key
-
-
-def _headers(key: str | None) -> dict[str, str]:
-    headers = {"accept": wire.JSON_TYPE, "user-agent": f"mlsignal/{__version__}"}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    return headers
-
-
-def _tls(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
-    if isinstance(verify, bool | ssl.SSLContext):
-        return verify
-    try:
-        return ssl.create_default_context(cafile=str(verify))
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"TLS CA bundle {verify!r} cannot be loaded: {e}") from None
