@@ -13,11 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from mlsignal.client import BreakerConfig, RemoteClient
 
 from mlsignal.bundle.io import contract_hash, sha256_file
+from mlsignal.client import BreakerConfig, RemoteClient
 from mlsignal.enhancer import MLSignalEnhancer, SignalRequest
 from mlsignal.errors import RemoteError
+from server_process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -258,3 +259,28 @@ def test_5xx_answers_fall_back(tiny_bundle, bars_stream, status):
         remote.close()
     finally:
         stub.shutdown()
+
+
+def test_no_local_fallback_returns_rule_scores(tiny_bundle, bars_stream):
+    port = free_port()  # nothing listens there
+    remote = _remote(tiny_bundle, f"http://127.0.0.1:{port}", local_fallback="off")
+    ess, ebs, info = remote.enhance_signal(bars_stream[0], 12.0, 34.0)
+    assert (ess, ebs) == (12.0, 34.0)
+    assert info["source"] == "rules" and "refused" in info["fallback_reason"]
+    assert "local fallback is off" in info["fallback_reason"]
+    remote.close()
+
+
+def test_cli_enhance_remote(tiny_bundle, server_factory, capsys):
+    from mlsignal.cli.main import main
+
+    server = server_factory(tiny_bundle, "--device", "cpu").start()
+    argv = ["enhance", "--bundle", str(tiny_bundle), "--data", "sp500", "--ss", "20",
+            "--bs", "40", "--remote", server.url, "--json"]  # fmt: skip
+    assert main(argv) == 0
+    info = json.loads(capsys.readouterr().out)["ml_info"]
+    assert info["source"] == "remote" and info["endpoint"] == server.url
+    server.kill()
+    assert main(argv) == 0
+    info = json.loads(capsys.readouterr().out)["ml_info"]
+    assert info["source"] == "fallback" and info["fallback_reason"]
