@@ -6,7 +6,7 @@ import pytest
 
 from mlsignal.cli.main import build_parser, main
 
-COMMANDS = ["train", "enhance", "demo", "doctor"]
+COMMANDS = ["train", "enhance", "serve", "demo", "doctor"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in COMMANDS]])
