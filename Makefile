@@ -16,7 +16,7 @@ $(BIN)/python:
 # `torch>=2.2` installs nothing more (no multi-gigabyte CUDA wheel on a CPU machine).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[all,dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -21,7 +21,7 @@ TIMEOUT_ENV = "GPU_INFERENCE_TIMEOUT"
 BUNDLE_ENV = "MLSIGNAL_BUNDLE"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -30,7 +30,7 @@ class Settings:
     """Inference settings. ``device`` is as asked (``auto``), not yet resolved."""
 
     device: str = "auto"
-    backend: str = "torch"
+    backend: str = "auto"
     api_urls: tuple[str, ...] = ()
     api_key: str | None = None
     timeout_s: float = 3.0
@@ -66,7 +66,7 @@ class Settings:
         urls = tuple(u.strip() for u in env.get(API_URL_ENV, "").split(",") if u.strip())
         return cls(
             device=env.get(DEVICE_ENV, "").strip().lower() or "auto",
-            backend=env.get(BACKEND_ENV, "").strip().lower() or "torch",
+            backend=env.get(BACKEND_ENV, "").strip().lower() or "auto",
             api_urls=urls,
             api_key=env.get(API_KEY_ENV, "").strip() or None,
             timeout_s=timeout_s,
@@ -109,3 +109,20 @@ def resolve_device(spec: str | None = None) -> str:
             f"{DEVICE_ENV}={spec!r} asks for GPU {index}, but only {count} CUDA device(s) exist"
         )
     return f"cuda:{index}"
+
+
+def resolve_backend(spec: str | None = None) -> str:
+    """Turn a backend setting into ``torch`` or ``onnx``.
+
+    ``auto`` (the default) is ``torch`` when PyTorch is installed, else ``onnx``: a
+    torch-free trading host (``pip install mlsignal[client]``) runs the ONNX fallback.
+    """
+    spec = (spec or os.environ.get(BACKEND_ENV, "") or "auto").strip().lower()
+    if spec not in BACKENDS:
+        choices = ", ".join(BACKENDS)
+        raise ConfigError(f"{BACKEND_ENV}={spec!r} is not a backend; choose one of {choices}")
+    if spec != "auto":
+        return spec
+    import importlib.util
+
+    return "torch" if importlib.util.find_spec("torch") is not None else "onnx"

@@ -15,7 +15,7 @@ def test_shuffled_labels_show_no_skill(tmp_path, capsys):
     """The leakage guard: with permuted labels, out-of-sample AUC must be near 0.5."""
     out = tmp_path / "shuffled"
     argv = ["train", "--data", "sp500,nasdaq", "--out", str(out), "--preset", "tiny",
-            "--device", "cpu", "--shuffle-labels", "--no-progress"]  # fmt: skip
+            "--device", "cpu", "--shuffle-labels", "--no-progress", "--no-onnx"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "stack" in printed and "auc" in printed
@@ -31,7 +31,7 @@ def test_training_is_deterministic_for_a_seed_on_cpu(tiny_bundle, tmp_path):
     from mlsignal.training.pipeline import train_bundle
 
     again = train_bundle("sp500", tmp_path / "again", preset="tiny", device="cpu", seed=0,
-                         progress=False)  # fmt: skip
+                         progress=False, onnx=False)  # fmt: skip
     first = load_bundle(tiny_bundle)
     assert again.contract_hash == first.contract_hash
     assert again.metrics == first.manifest["metrics"]

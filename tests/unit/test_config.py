@@ -11,7 +11,7 @@ def test_defaults_from_empty_env():
     s = Settings.from_env({})
     assert (s.device, s.backend, s.api_urls, s.api_key, s.timeout_s) == (
         "auto",
-        "torch",
+        "auto",
         (),
         None,
         3.0,
@@ -69,3 +69,12 @@ def test_cuda_without_cuda_is_a_clear_error(spec):
 def test_unknown_device_is_config_error():
     with pytest.raises(ConfigError, match="choose one of auto, cpu, cuda, cuda:N"):
         check_device_spec("tpu")
+
+
+def test_auto_backend_is_torch_when_installed_and_explicit_values_pass():
+    from mlsignal.config import resolve_backend
+
+    assert resolve_backend("auto") == "torch"  # torch is installed in the dev venv
+    assert resolve_backend("onnx") == "onnx" and resolve_backend("TORCH") == "torch"
+    with pytest.raises(ConfigError, match="'trt' is not a backend"):
+        resolve_backend("trt")

@@ -167,6 +167,14 @@ def test_cuda_asked_without_cuda_fails_at_construction(tiny_bundle, monkeypatch)
         MLSignalEnhancer(tiny_bundle)
 
 
-def test_onnx_backend_is_not_silently_replaced(tiny_bundle):
-    with pytest.raises(ConfigError, match="onnx backend is not available yet"):
-        MLSignalEnhancer(tiny_bundle, device="cpu", backend="onnx")
+def test_onnx_backend_matches_torch(tiny_bundle, enhancer, sp500_bars):
+    onnx = MLSignalEnhancer(tiny_bundle, device="cpu", backend="onnx")
+    _, _, a = onnx.enhance_signal(sp500_bars, 30, 60)
+    _, _, b = enhancer.enhance_signal(sp500_bars, 30, 60)
+    assert a["backend"] == "onnx" and b["backend"] == "torch"
+    assert abs(a["bull_prob"] - b["bull_prob"]) < 1e-5
+
+
+def test_unknown_backend_is_a_config_error(tiny_bundle):
+    with pytest.raises(ConfigError, match="'tensorrt' is not a backend"):
+        MLSignalEnhancer(tiny_bundle, device="cpu", backend="tensorrt")

@@ -27,6 +27,7 @@ def train(args: argparse.Namespace) -> int:
         shuffle_labels=args.shuffle_labels,
         holdout_bars=args.holdout_bars,
         echo=echo,
+        onnx=False if args.no_onnx else None,
     )
     print("out-of-sample walk-forward metrics (stack: meta-learner fitted on earlier folds):")
     print(format_metrics_table(result.metrics))
@@ -56,6 +57,7 @@ def enhance(args: argparse.Namespace) -> int:
     enhancer = MLSignalEnhancer(
         args.bundle,
         device=args.device,
+        backend=args.backend,
         remote_urls=remote,
         timeout_s=args.timeout,
         accept_version_mismatch=args.accept_version_mismatch,
@@ -79,4 +81,17 @@ def enhance(args: argparse.Namespace) -> int:
             print(f"{key:<12} {info[key]}")
     print(f"{'model':<12} {info['model_version']}")
     print(f"latency_ms   {info['latency_ms']:.2f}")
+    return 0
+
+
+def export_onnx(args: argparse.Namespace) -> int:
+    """Export model.onnx into the bundle and print what was recorded."""
+    from mlsignal.onnx_export import export_onnx as run_export
+
+    section = run_export(args.bundle, opset=args.opset)
+    print(
+        f"model.onnx written to {args.bundle} (opset {section['opset']}, checked with "
+        f"onnxruntime {section['onnxruntime_version']}, worst |diff| "
+        f"{section['max_abs_diff']:.2g} vs torch)"
+    )
     return 0

@@ -48,6 +48,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="keep the last N bars of each symbol out of training (default: %(default)s)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-onnx", action="store_true", help="do not export model.onnx")
     p.set_defaults(func=_cmd_train)
 
 
@@ -67,6 +68,7 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
     )
+    p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND or auto)")
     p.add_argument(
         "--remote",
         action="append",
@@ -158,6 +160,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
     )
+    p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND or auto)")
     p.add_argument(
         "--max-batch",
         type=int,
@@ -197,6 +200,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-onnx",
+        help="export the bundle's model to model.onnx (checked with ONNX Runtime) in the bundle",
+        description="Export the SignalModel to ONNX with a dynamic batch axis, check it against "
+        "PyTorch with ONNX Runtime, and add it to the bundle's manifest (same contract hash).",
+    )
+    p.add_argument(
+        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
+    )
+    p.add_argument(
+        "--opset", type=int, help="ONNX opset (default: the exporter's choice, recorded)"
+    )
+    p.set_defaults(func=_cmd_export_onnx)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -209,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_enhance, _add_serve, _add_demo, _add_doctor):
+    for add in (_add_train, _add_enhance, _add_serve, _add_export_onnx, _add_demo, _add_doctor):
         add(sub)
     return parser
 
@@ -230,6 +249,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from mlsignal.cli.serve import serve
 
     return serve(args)
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from mlsignal.cli.commands import export_onnx
+
+    return export_onnx(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -66,7 +66,8 @@ def serve(args: argparse.Namespace) -> int:
     device = args.device or settings.device
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
-    state = load_model(args.bundle, device, settings.backend, config.max_batch)
+    backend = args.backend or settings.backend
+    state = load_model(args.bundle, device, backend, config.max_batch)
     app = create_app(config, state)
     scheme = "https" if args.ssl_certfile else "http"
     log.info(

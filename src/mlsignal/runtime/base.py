@@ -8,8 +8,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from mlsignal.bundle import GOLDEN_FILE, Bundle
-from mlsignal.config import BACKENDS
-from mlsignal.errors import ConfigError, FeatureSchemaError, ParityError
+from mlsignal.config import resolve_backend
+from mlsignal.errors import FeatureSchemaError, ParityError
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +82,30 @@ def check_parity(runtime: Runtime, atol: float = PARITY_ATOL) -> float:
 
 
 def load_runtime(
-    bundle: Bundle, device: str | None = None, backend: str = "torch", verify: bool = True
+    bundle: Bundle,
+    device: str | None = None,
+    backend: str | None = None,
+    verify: bool = True,
+    *,
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
 ) -> Runtime:
-    """Load ``bundle`` on ``device`` (a setting: auto, cpu, cuda, cuda:N) with ``backend``.
+    """Load ``bundle`` on ``device`` (auto, cpu, cuda, cuda:N) with ``backend``.
 
-    With ``verify`` (the default) the golden parity check runs before the runtime is returned,
-    so a runtime that drifts never serves.
+    ``backend`` is ``torch``, ``onnx`` or ``auto``/``None`` (``ML_INFERENCE_BACKEND``, else
+    torch when installed, else onnx). The thread counts apply to ONNX Runtime. With
+    ``verify`` (the default) the golden parity check runs before the runtime is returned, so
+    a runtime that drifts never serves.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "onnx":
-        raise ConfigError("the onnx backend is not available yet in this version; use torch")
-    from mlsignal.runtime.torch_runtime import TorchRuntime
+    kind = resolve_backend(backend)
+    if kind == "onnx":
+        from mlsignal.runtime.onnx_runtime import OnnxRuntime
 
-    runtime = TorchRuntime(bundle, device)
+        runtime: Runtime = OnnxRuntime(bundle, device, intra_op_threads, inter_op_threads)
+    else:
+        from mlsignal.runtime.torch_runtime import TorchRuntime
+
+        runtime = TorchRuntime(bundle, device)
     if verify:
         check_parity(runtime)
     return runtime

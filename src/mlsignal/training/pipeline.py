@@ -185,12 +185,14 @@ def train_bundle(
     shuffle_labels: bool = False,
     holdout_bars: int = 0,
     echo: Callable[[str], None] = log.info,
+    onnx: bool | None = None,
 ) -> TrainResult:
     """Train the whole stack on ``data`` (sample names or files) and write a bundle to ``out``.
 
     ``shuffle_labels`` permutes the labels (a control run: it must show no skill).
     ``holdout_bars`` keeps the last bars of every symbol out of training entirely, so a
-    replay of them (``mlsignal demo``) is out of sample.
+    replay of them (``mlsignal demo``) is out of sample. ``onnx`` exports ``model.onnx``
+    into the bundle (``None``: when onnx and onnxruntime are installed).
     """
     t0 = time.perf_counter()
     p, dev = get_preset(preset), resolve_device(device)
@@ -234,12 +236,25 @@ def train_bundle(
     extra = _manifest_extra(data, bars, ds, p, dev, seed, shuffle_labels, metrics, len(folds))
     extra["training"]["holdout_bars"] = holdout_bars
     path = write_bundle(out, files, config, extra)
+    if onnx or (onnx is None and _onnx_available()):
+        from mlsignal.onnx_export import export_onnx
+
+        section = export_onnx(path)
+        echo(
+            f"model.onnx exported (opset {section['opset']}, |diff| {section['max_abs_diff']:.2g})"
+        )
     from mlsignal.bundle import load_bundle
 
     bundle = load_bundle(path)
     return TrainResult(
         path, bundle.model_version, bundle.contract_hash, metrics, time.perf_counter() - t0
     )
+
+
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
 
 
 def _rest(ds: Dataset) -> tuple:

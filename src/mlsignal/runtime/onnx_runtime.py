@@ -1,0 +1,213 @@
+"""The ONNX Runtime backend: the bundle's ``model.onnx`` on CPU or CUDA, without torch.
+
+Nothing on this module's import path imports torch, so a trading host can fall back to local
+inference with only numpy and onnxruntime installed. The device setting (``auto``, ``cpu``,
+``cuda``, ``cuda:N``) picks the execution providers; asking for CUDA where onnxruntime has no
+CUDA provider is an error, never a silent CPU run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from mlsignal.bundle import Bundle
+from mlsignal.config import DEVICE_ENV, check_device_spec
+from mlsignal.errors import BundleError, BundleIntegrityError, ConfigError, DeviceUnavailableError
+from mlsignal.runtime.base import OUTPUT_NAMES, check_windows
+
+log = logging.getLogger(__name__)
+
+#: The exported graph's file name inside a bundle.
+ONNX_FILE = "model.onnx"
+#: The graph's input: raw feature windows (B, T, F) float32, dynamic batch.
+INPUT_NAME = "windows"
+INTRA_OP_ENV = "ML_ONNX_INTRA_OP_THREADS"
+INTER_OP_ENV = "ML_ONNX_INTER_OP_THREADS"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+# Errors that mean the file itself is bad, whatever the device.
+_FILE_ERRORS = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NotImplemented")
+)
+
+Provider = str | tuple[str, dict[str, Any]]
+
+
+def device_setting(spec: str | None = None) -> str:
+    """The device setting as asked: ``spec``, else ``ML_INFERENCE_DEVICE``, else ``auto``."""
+    return check_device_spec((spec or os.environ.get(DEVICE_ENV, "") or "auto").strip().lower())
+
+
+def resolve_onnx_device(spec: str | None = None) -> str:
+    """Turn a device setting into ``cpu`` or ``cuda:N`` for onnxruntime (no torch).
+
+    ``None`` reads ``ML_INFERENCE_DEVICE`` (default ``auto``). ``auto`` is ``cuda:0`` when
+    onnxruntime has the CUDA provider, else ``cpu``. ``cuda`` without the provider raises
+    :class:`DeviceUnavailableError`.
+    """
+    spec = device_setting(spec)
+    available = ort.get_available_providers()
+    has_cuda = CUDA_PROVIDER in available
+    if spec == "cpu" or (spec == "auto" and not has_cuda):
+        return "cpu"
+    if not has_cuda:
+        raise DeviceUnavailableError(
+            f"{DEVICE_ENV}={spec!r} asks for CUDA, but onnxruntime {ort.__version__} has no "
+            f"{CUDA_PROVIDER} (providers: {', '.join(available)}); "
+            "install onnxruntime-gpu or use cpu"
+        )
+    index = int(spec.split(":")[1]) if ":" in spec else 0
+    return f"cuda:{index}"
+
+
+def providers_for(device: str) -> list[Provider]:
+    """onnxruntime providers for a resolved device: CUDA (with its device_id) then CPU."""
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    return [(CUDA_PROVIDER, {"device_id": int(device.split(":")[1])}), CPU_PROVIDER]
+
+
+def _thread_count(value: int | None, env: str) -> int | None:
+    """A thread count from the argument, else the environment; ``None`` keeps ORT's default."""
+    if value is None:
+        raw = os.environ.get(env, "").strip()
+        if not raw:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not a whole number of threads") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{env} must be a whole number >= 0 (0: onnxruntime's default)")
+    return value
+
+
+def session_options(
+    intra_op_threads: int | None = None, inter_op_threads: int | None = None
+) -> ort.SessionOptions:
+    """SessionOptions with full graph optimisation and the thread counts (args, then env)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    intra = _thread_count(intra_op_threads, INTRA_OP_ENV)
+    inter = _thread_count(inter_op_threads, INTER_OP_ENV)
+    if intra is not None:
+        opts.intra_op_num_threads = intra
+    if inter is not None:
+        opts.inter_op_num_threads = inter
+    return opts
+
+
+def read_onnx_file(bundle: Bundle) -> bytes:
+    """The bundle's model.onnx bytes, checked against the manifest's sha256 as read."""
+    expected = bundle.manifest.get("files", {}).get(ONNX_FILE)
+    if expected is None:
+        raise BundleError(
+            f"bundle {bundle.path} has no {ONNX_FILE}; "
+            f"run `mlsignal export-onnx --bundle {bundle.path}`"
+        )
+    try:
+        data = bundle.file(ONNX_FILE).read_bytes()
+    except OSError as e:
+        raise BundleIntegrityError(f"bundle {bundle.path}: cannot read {ONNX_FILE}: {e}") from None
+    # Verify the very bytes we load: the file may have changed since load_bundle checked it.
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise BundleIntegrityError(
+            f"bundle {bundle.path}: {ONNX_FILE} does not match its sha256 in the manifest "
+            f"(expected {expected[:12]}…, found {actual[:12]}…): tampered or corrupt"
+        )
+    return data
+
+
+class OnnxRuntime:
+    """``predict(windows) -> (B, 3)`` with the bundle's model.onnx in onnxruntime."""
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str | None = None,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle
+        setting = device_setting(device)
+        asked = resolve_onnx_device(setting)
+        data = read_onnx_file(bundle)
+        opts = session_options(intra_op_threads, inter_op_threads)
+        self.session = _open_session(bundle, data, opts, asked)
+        self.device = _actual_device(self.session, asked, may_use_cpu=setting == "auto")
+        _check_signature(self.session, bundle)
+        log.info(
+            "onnx runtime ready: device=%s providers=%s model=%s contract=%s",
+            self.device,
+            ",".join(self.session.get_providers()),
+            bundle.model_version,
+            bundle.contract_hash[:12],
+        )
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Feature windows ``(B, T, F)`` float32 -> ``(B, 3)`` float32 (OUTPUT_NAMES)."""
+        arr = check_windows(windows, self.bundle)
+        outs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: arr})  # 3 x (B,)
+        return np.stack(outs, axis=1).astype(np.float32, copy=False)
+
+
+def _open_session(
+    bundle: Bundle, data: bytes, opts: ort.SessionOptions, device: str
+) -> ort.InferenceSession:
+    """An InferenceSession on ``device``'s providers; a bad file is a BundleIntegrityError."""
+    try:
+        return ort.InferenceSession(data, sess_options=opts, providers=providers_for(device))
+    except _FILE_ERRORS as e:
+        raise BundleIntegrityError(
+            f"bundle {bundle.path}: onnxruntime cannot load {ONNX_FILE}: {e}"
+        ) from None
+    except Exception as e:  # ORT raises plain Fail/RuntimeException for both cases
+        if device != "cpu":
+            raise DeviceUnavailableError(
+                f"onnxruntime {ort.__version__} cannot open {ONNX_FILE} on {device}: {e}"
+            ) from None
+        raise BundleIntegrityError(
+            f"bundle {bundle.path}: onnxruntime cannot load {ONNX_FILE}: {e}"
+        ) from None
+
+
+def _actual_device(session: ort.InferenceSession, asked: str, may_use_cpu: bool) -> str:
+    """The device the session really runs on; CUDA asked but not granted is an error.
+
+    onnxruntime-gpu without working CUDA libraries quietly drops to the CPU provider: under
+    ``auto`` that is fine (and reported), under an explicit ``cuda`` it is refused.
+    """
+    if asked == "cpu" or CUDA_PROVIDER in session.get_providers():
+        return asked
+    if may_use_cpu:
+        log.warning("onnxruntime could not start %s; auto device runs on cpu", CUDA_PROVIDER)
+        return "cpu"
+    raise DeviceUnavailableError(
+        f"onnxruntime {ort.__version__} could not start {CUDA_PROVIDER} for {asked} "
+        f"(session providers: {', '.join(session.get_providers())}); check the CUDA/cuDNN "
+        "libraries onnxruntime-gpu needs, or use cpu"
+    )
+
+
+def _check_signature(session: ort.InferenceSession, bundle: Bundle) -> None:
+    """The graph must take ``windows`` (B, T, F) and give every OUTPUT_NAMES output."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    want = [bundle.schema.window, bundle.schema.n_features]
+    shape = inputs.get(INPUT_NAME)
+    if shape is None or list(shape[1:]) != want or not set(OUTPUT_NAMES) <= outputs:
+        raise BundleIntegrityError(
+            f"bundle {bundle.path}: {ONNX_FILE} takes {inputs} and gives {sorted(outputs)}; "
+            f"expected {INPUT_NAME} (batch, {want[0]}, {want[1]}) -> {', '.join(OUTPUT_NAMES)}; "
+            "re-export it"
+        )
