@@ -46,19 +46,24 @@ def main() -> None:
     if torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name(0)
     bars = load_sample("sp500").iloc[-400:]
-    for dev in devices:
-        rt = load_runtime(bundle, dev)
+    paths = [(dev, "torch") for dev in devices]
+    if "model.onnx" in bundle.manifest["files"]:
+        paths.append(("cpu", "onnx"))
+    for dev, backend in paths:
+        rt = load_runtime(bundle, dev, backend)
         for batch in (1, 256, 4096):
             x = rng.standard_normal((batch, *shape)).astype(np.float32)
             reps = 50 if dev == "cuda" or batch == 1 else 5
             ms = _median_ms(lambda rt=rt, x=x: rt.predict(x), reps)
-            results[f"predict_{dev}_b{batch}_ms"] = ms
+            results[f"predict_{backend}_{dev}_b{batch}_ms"] = ms
             rate = batch / ms * 1e3
-            print(f"predict  {dev:<5} batch {batch:>5}: {ms:9.3f} ms  {rate:12.0f} win/s")
-        enh = MLSignalEnhancer(bundle, device=dev)
+            print(
+                f"predict {backend:<5} {dev:<5} batch {batch:>5}: {ms:9.3f} ms {rate:10.0f} win/s"
+            )
+        enh = MLSignalEnhancer(bundle, device=dev, backend=backend)
         ms = _median_ms(lambda enh=enh: enh.enhance_signal(bars, 30.0, 60.0), 50)
-        results[f"enhance_signal_{dev}_ms"] = ms
-        print(f"enhance_signal {dev:<5}: {ms:9.3f} ms per call (features included)")
+        results[f"enhance_signal_{backend}_{dev}_ms"] = ms
+        print(f"enhance_signal {backend:<5} {dev:<5}: {ms:9.3f} ms per call (features included)")
     out = os.environ.get("OUT")
     if out:
         Path(out, "gpu-timing.json").write_text(json.dumps(results, indent=2))
