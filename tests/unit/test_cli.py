@@ -6,7 +6,7 @@ import pytest
 
 from mlsignal.cli.main import build_parser, main
 
-COMMANDS = ["train", "enhance", "serve", "demo", "doctor"]
+COMMANDS = ["train", "enhance", "serve", "export-onnx", "bench", "demo", "doctor"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in COMMANDS]])
@@ -83,3 +83,23 @@ def test_doctor_shows_a_bad_device_setting(capsys, monkeypatch):
     monkeypatch.setenv("ML_INFERENCE_DEVICE", "gpu")
     assert main(["doctor"]) == 0
     assert "error:" in capsys.readouterr().out
+
+
+def test_bench_smoke(tiny_bundle, capsys):
+    """The bench command itself runs (numbers are not asserted: timing belongs in bench)."""
+    argv = ["bench", "--bundle", str(tiny_bundle), "--quick", "--batches", "1,4", "--json"]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["machine"]["python"] and doc["rows"]
+    paths = {(r["what"], r["backend"], r["batch"]) for r in doc["rows"]}
+    assert ("forward", "torch", 1) in paths and ("forward", "torch", 4) in paths
+    assert ("enhance_signal", "torch", 1) in paths
+    for r in doc["rows"]:
+        assert r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] and r["reps"] >= 5
+        if r["backend"] == "torch":
+            assert r["speedup_vs_torch_eager"] == 1.0
+
+
+def test_bench_rejects_bad_batches(tiny_bundle, capsys):
+    assert main(["bench", "--bundle", str(tiny_bundle), "--batches", "1,x"]) == 2
+    assert "--batches must be comma-separated integers" in capsys.readouterr().err

@@ -95,3 +95,31 @@ def export_onnx(args: argparse.Namespace) -> int:
         f"{section['max_abs_diff']:.2g} vs torch)"
     )
     return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run the benchmarks and print a table (or JSON)."""
+    from mlsignal.bench.run import (
+        FULL_BATCHES,
+        QUICK_BATCHES,
+        BenchConfig,
+        available_paths,
+        format_table,
+        run_bench,
+    )
+    from mlsignal.bundle import load_bundle
+
+    batches = QUICK_BATCHES if args.quick else FULL_BATCHES
+    if args.batches:
+        try:
+            batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+        except ValueError:
+            raise DataError(
+                f"--batches must be comma-separated integers, got {args.batches!r}"
+            ) from None
+        if not batches or min(batches) < 1:
+            raise DataError(f"--batches must be positive integers, got {args.batches!r}")
+    cfg = BenchConfig(batches, 0.3 if args.quick else 1.0, tuple(available_paths()))
+    result = run_bench(load_bundle(args.bundle), cfg)
+    print(json.dumps(result.to_dict()) if args.json else format_table(result))
+    return 0

@@ -216,6 +216,23 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export_onnx)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure model forward and enhance_signal on every backend and device here",
+        description="Median and p99 latency and windows/s of runtime.predict at several batch "
+        "sizes and of enhance_signal, for torch and onnx on cpu and cuda (what is available), "
+        "with speedup_vs_torch_eager. Server load tests and plots are not in this version.",
+    )
+    p.add_argument(
+        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
+    )
+    p.add_argument("--quick", action="store_true", help="batches 1, 16, 256 and a short budget")
+    p.add_argument("--batches", help="comma-separated batch sizes (default: 1,16,256,1024,4096)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -228,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_enhance, _add_serve, _add_export_onnx, _add_demo, _add_doctor):
+    commands = (_add_train, _add_enhance, _add_serve, _add_export_onnx, _add_bench, _add_demo)
+    for add in (*commands, _add_doctor):
         add(sub)
     return parser
 
@@ -255,6 +273,12 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from mlsignal.cli.commands import export_onnx
 
     return export_onnx(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from mlsignal.cli.commands import bench
+
+    return bench(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

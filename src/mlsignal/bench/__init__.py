@@ -1,0 +1,1 @@
+"""``mlsignal bench``: measure every inference path on this machine (never in the tests)."""
