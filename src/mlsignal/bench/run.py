@@ -55,7 +55,7 @@ def available_paths() -> list[tuple[str, str]]:
 
         paths.append(("torch", "cpu"))
         if torch.cuda.is_available():
-            paths.append(("torch", "cuda"))
+            paths += [("torch", "cuda"), ("torch+graphs", "cuda")]
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime as ort
 
@@ -110,13 +110,24 @@ def _row(what: str, backend: str, device: str, batch: int, t: Timing) -> dict[st
     }
 
 
-def bench_forward(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None:
-    """``runtime.predict`` at every batch size on every path."""
+def _load(bundle: Bundle, backend: str, device: str) -> Any:
     from mlsignal.runtime import load_runtime
 
+    if backend == "torch+graphs":
+        from mlsignal.runtime.base import check_parity
+        from mlsignal.runtime.cuda_graph import CudaGraphRuntime
+
+        rt = CudaGraphRuntime(bundle, device)
+        check_parity(rt)
+        return rt
+    return load_runtime(bundle, device, backend)
+
+
+def bench_forward(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None:
+    """``runtime.predict`` at every batch size on every path."""
     for backend, device in cfg.paths:
         try:
-            rt = load_runtime(bundle, device, backend)
+            rt = _load(bundle, backend, device)
         except MLSignalError as e:
             result.skipped.append(f"{backend}/{device}: {e}")
             continue
@@ -133,6 +144,8 @@ def bench_enhance(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None
 
     bars = load_sample("sp500").iloc[-bundle.min_bars :]
     for backend, device in cfg.paths:
+        if backend == "torch+graphs":
+            continue  # the enhancer takes the fast path from ML_CUDA_GRAPHS; forward only here
         try:
             enh = MLSignalEnhancer(bundle, device=device, backend=backend)
         except MLSignalError as e:
@@ -148,7 +161,7 @@ def add_ratios(result: BenchResult) -> None:
         (r["what"], r["device"], r["batch"]): r["median_ms"]
         for r in result.rows
         if r["backend"] == "torch"
-    }
+    }  # torch eager; "torch+graphs" rows are compared with it on the same device
     for r in result.rows:
         ref = base.get((r["what"], r["device"], r["batch"]))
         if ref is None and r["device"] != "cpu":  # e.g. onnx cuda vs torch cuda

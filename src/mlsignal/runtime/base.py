@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
 #: float32 tolerance on ``bull_prob`` between backends and devices.
 PARITY_ATOL = 1e-5
+#: Opt-in switch for the CUDA-graph fast path of the torch backend.
+CUDA_GRAPHS_ENV = "ML_CUDA_GRAPHS"
 
 
 @runtime_checkable
@@ -102,6 +104,10 @@ def load_runtime(
         from mlsignal.runtime.onnx_runtime import OnnxRuntime
 
         runtime: Runtime = OnnxRuntime(bundle, device, intra_op_threads, inter_op_threads)
+    elif _cuda_graphs_wanted(device):
+        from mlsignal.runtime.cuda_graph import CudaGraphRuntime
+
+        runtime = CudaGraphRuntime(bundle, device)
     else:
         from mlsignal.runtime.torch_runtime import TorchRuntime
 
@@ -109,3 +115,14 @@ def load_runtime(
     if verify:
         check_parity(runtime)
     return runtime
+
+
+def _cuda_graphs_wanted(device: str | None) -> bool:
+    """``ML_CUDA_GRAPHS=1`` and the device resolves to CUDA (opt-in while it is measured)."""
+    import os
+
+    if os.environ.get(CUDA_GRAPHS_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
+        return False
+    from mlsignal.config import resolve_device
+
+    return resolve_device(device).startswith("cuda")
