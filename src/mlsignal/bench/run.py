@@ -180,13 +180,13 @@ def run_bench(bundle: Bundle, cfg: BenchConfig) -> BenchResult:
 
 def format_table(result: BenchResult) -> str:
     """A fixed-width table of the rows."""
-    head = (f"{'what':<15}{'backend':<8}{'device':<8}{'batch':>6}{'median ms':>11}"
+    head = (f"{'what':<15}{'backend':<14}{'device':<8}{'batch':>6}{'median ms':>11}"
             f"{'p99 ms':>10}{'win/s':>12}{'vs torch':>10}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in result.rows:
         ratio = r["speedup_vs_torch_eager"]
         lines.append(
-            f"{r['what']:<15}{r['backend']:<8}{r['device']:<8}{r['batch']:>6}"
+            f"{r['what']:<15}{r['backend']:<14}{r['device']:<8}{r['batch']:>6}"
             f"{r['median_ms']:>11.3f}{r['p99_ms']:>10.3f}{r['windows_per_s']:>12.0f}"
             f"{'' if ratio is None else f'{ratio:.2f}x':>10}"
         )
