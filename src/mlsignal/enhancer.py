@@ -30,7 +30,14 @@ import pandas as pd
 from mlsignal.bundle import Bundle, load_bundle
 from mlsignal.config import BUNDLE_ENV, Settings
 from mlsignal.errors import ConfigError, DataError, MLSignalError
-from mlsignal.inference import Prepared, SignalRequest, SignalResult, finish, prepare
+from mlsignal.inference import (
+    Prepared,
+    SignalRequest,
+    SignalResult,
+    finish,
+    prepare,
+    prepare_trimmed,
+)
 from mlsignal.remote_mode import RemoteMode
 
 log = logging.getLogger(__name__)
@@ -154,7 +161,7 @@ class MLSignalEnhancer:
         results, reason, attempts = self.remote.enhance(trimmed, t0)
         if results is not None:
             return results
-        prepared = [prepare(self.bundle, r) for r in trimmed]
+        prepared = [prepare_trimmed(self.bundle, r) for r in trimmed]
         return self._local(prepared, t0, "fallback", reason, attempts)
 
     # --- local path ------------------------------------------------------------------------

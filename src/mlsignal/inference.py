@@ -8,6 +8,8 @@ both sides here is what makes a remote result equal a local one number for numbe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,16 +98,35 @@ def resolve_scores(bars: pd.DataFrame, ss: float | None, bs: float | None) -> tu
     return check_score(ss, "ss"), check_score(bs, "bs")
 
 
-def prepare(bundle: Bundle, req: SignalRequest) -> Prepared:
-    """Validate one request and compute its feature window; errors name the symbol."""
+@contextmanager
+def _naming(symbol: str) -> Iterator[None]:
+    """Re-raise a :class:`DataError` with the symbol in front (batch calls)."""
     try:
+        yield
+    except DataError as e:
+        if not symbol:
+            raise
+        raise type(e)(f"{symbol}: {e}") from e
+
+
+def trim_request(bundle: Bundle, req: SignalRequest) -> SignalRequest:
+    """Validated bars trimmed to ``min_bars`` and resolved scores; errors name the symbol."""
+    with _naming(req.symbol):
         bars = trim_bars(bundle, req.bars)
         ss, bs = resolve_scores(bars, req.ss, req.bs)
-        return Prepared(req.symbol, bars, ss, bs, feature_window(bars, bundle.schema))
-    except DataError as e:
-        if not req.symbol:
-            raise
-        raise type(e)(f"{req.symbol}: {e}") from e
+    return SignalRequest(req.symbol, bars, ss, bs)
+
+
+def prepare_trimmed(bundle: Bundle, req: SignalRequest) -> Prepared:
+    """The feature window of a request already passed through :func:`trim_request`."""
+    with _naming(req.symbol):
+        window = feature_window(req.bars, bundle.schema)
+    return Prepared(req.symbol, req.bars, float(req.ss), float(req.bs), window)  # type: ignore[arg-type]
+
+
+def prepare(bundle: Bundle, req: SignalRequest) -> Prepared:
+    """Validate one request and compute its feature window; errors name the symbol."""
+    return prepare_trimmed(bundle, trim_request(bundle, req))
 
 
 def finish(

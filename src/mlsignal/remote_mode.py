@@ -15,8 +15,8 @@ from typing import Any
 
 from mlsignal import wire
 from mlsignal.bundle import Bundle
-from mlsignal.errors import DataError, RemoteError
-from mlsignal.inference import SignalRequest, SignalResult, resolve_scores, trim_bars
+from mlsignal.errors import RemoteError
+from mlsignal.inference import SignalRequest, SignalResult, trim_request
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,7 @@ class RemoteMode:
 
     def trim(self, requests: Sequence[SignalRequest]) -> list[SignalRequest]:
         """Validate, trim to ``min_bars`` and resolve scores; data errors name the symbol."""
-        out = []
-        for r in requests:
-            try:
-                bars = trim_bars(self.bundle, r.bars)
-                ss, bs = resolve_scores(bars, r.ss, r.bs)
-            except DataError as e:
-                if not r.symbol:
-                    raise
-                raise type(e)(f"{r.symbol}: {e}") from e
-            out.append(SignalRequest(r.symbol, bars, ss, bs))
-        return out
+        return [trim_request(self.bundle, r) for r in requests]
 
     def enhance(
         self, requests: Sequence[SignalRequest], t0: float

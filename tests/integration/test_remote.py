@@ -6,7 +6,6 @@ Every test asserts that every call returned a result, and what ml_info says abou
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsignal.bundle.io import contract_hash, sha256_file
+from bundle_helpers import other_model
 from mlsignal.client import BreakerConfig, RemoteClient
 from mlsignal.enhancer import MLSignalEnhancer, SignalRequest
 from mlsignal.errors import RemoteError
@@ -38,20 +37,6 @@ def bars_stream(sp500_bars):
 def _remote(bundle: Path, *urls: str, **kw) -> MLSignalEnhancer:
     kw.setdefault("timeout_s", 2.0)
     return MLSignalEnhancer(bundle, remote_urls=list(urls), **kw)
-
-
-def _other_model(src: Path, dst: Path) -> Path:
-    """A valid bundle with another contract hash (a different fusion strength)."""
-    shutil.copytree(src, dst)
-    config = json.loads((dst / "config.json").read_text())
-    config["fusion"]["strength"] = 0.25
-    (dst / "config.json").write_text(json.dumps(config))
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["files"] = {n: sha256_file(dst / n) for n in manifest["files"]}
-    manifest["contract_hash"] = contract_hash(manifest["files"], config)
-    manifest["model_version"] = "other-" + manifest["contract_hash"][:12]
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
 
 
 def test_remote_equals_local_bit_for_bit(tiny_bundle, server_factory, local, bars_stream):
@@ -156,7 +141,7 @@ def test_wrong_api_key_falls_back_with_the_reason(
 def test_a_different_model_version_is_not_used_silently(
     tiny_bundle, server_factory, tmp_path, bars_stream, local
 ):
-    other = _other_model(tiny_bundle, tmp_path / "other")
+    other = other_model(tiny_bundle, tmp_path / "other")
     server = server_factory(other, "--device", "cpu").start()
     pinned = _remote(tiny_bundle, server.url)
     ess, ebs, info = pinned.enhance_signal(bars_stream[0], 30, 60)

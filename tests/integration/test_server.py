@@ -6,9 +6,7 @@ and drain each start their own. Every loop is bounded in count and time.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -23,9 +21,9 @@ import httpx
 import numpy as np
 import pytest
 
+from bundle_helpers import other_model
 from mlsignal import wire
 from mlsignal.bundle import load_bundle
-from mlsignal.bundle.io import contract_hash, sha256_file
 from mlsignal.inference import SignalRequest, finish, prepare
 from mlsignal.runtime import load_runtime
 
@@ -73,20 +71,6 @@ def symbol_doc(bars, symbol: str = "SPX", ss: float | None = 30.0, bs: float | N
 
 def post(client: httpx.Client, path: str, doc: object, **kw) -> httpx.Response:
     return client.post(path, content=wire.dumps(doc), **kw)
-
-
-def other_model(src: Path, dst: Path) -> Path:
-    """A valid bundle with another contract hash (another fusion strength), no training."""
-    shutil.copytree(src, dst)
-    config = json.loads((dst / "config.json").read_text())
-    config["fusion"]["strength"] = 0.25
-    (dst / "config.json").write_text(json.dumps(config))
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["files"] = {n: sha256_file(dst / n) for n in manifest["files"]}
-    manifest["contract_hash"] = contract_hash(manifest["files"], config)
-    manifest["model_version"] = "other-" + manifest["contract_hash"][:12]
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
 
 
 def v2_infer_doc(windows: np.ndarray, **extra) -> dict:

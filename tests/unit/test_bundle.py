@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bundle_helpers import resign
 from mlsignal.bundle import load_bundle, write_bundle
-from mlsignal.bundle.io import contract_hash, sha256_file
+from mlsignal.bundle.io import sha256_file
 from mlsignal.errors import (
     BundleError,
     BundleIntegrityError,
@@ -17,15 +18,6 @@ from mlsignal.errors import (
     ParityError,
 )
 from mlsignal.runtime import load_runtime
-
-
-def _resign(path: Path) -> None:
-    """Recompute file hashes and the contract hash, as a careless tool editing a bundle would."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"] = {n: sha256_file(path / n) for n in manifest["files"]}
-    config = json.loads((path / "config.json").read_text())
-    manifest["contract_hash"] = contract_hash(manifest["files"], config)
-    (path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_loads_and_describes_itself(tiny_bundle):
@@ -102,7 +94,7 @@ def test_parity_gate_refuses_drift(bundle_copy):
         inputs, expected = g["inputs"], g["expected"].copy()
     expected[3, 2] += 1e-3
     np.savez(bundle_copy / "golden.npz", inputs=inputs, expected=expected)
-    _resign(bundle_copy)
+    resign(bundle_copy)
     with pytest.raises(ParityError, match=r"torch on cpu drifts .*\(bull_prob 0\.001\)"):
         load_runtime(load_bundle(bundle_copy), "cpu")
 

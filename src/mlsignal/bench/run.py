@@ -97,19 +97,6 @@ def _row(what: str, backend: str, device: str, batch: int, t: Timing) -> dict[st
     }
 
 
-def _row(what: str, backend: str, device: str, batch: int, t: Timing) -> dict[str, Any]:
-    return {
-        "what": what,
-        "backend": backend,
-        "device": device,
-        "batch": batch,
-        "median_ms": t.median_ms,
-        "p99_ms": t.p99_ms,
-        "reps": t.reps,
-        "windows_per_s": t.per_second(batch),
-    }
-
-
 def _load(bundle: Bundle, backend: str, device: str) -> Any:
     from mlsignal.runtime import load_runtime
 
