@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -233,6 +234,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+#: Subcommands that live in their own module: each module defines ``add_parser(sub)`` and keeps
+#: heavy imports inside its handler, so building the parser stays cheap.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -246,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = (_add_train, _add_enhance, _add_serve, _add_export_onnx, _add_bench, _add_demo)
-    for add in (*commands, _add_doctor):
+    for add in commands:
         add(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    _add_doctor(sub)
     return parser
 
 
