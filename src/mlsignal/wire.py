@@ -22,6 +22,7 @@ response::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,19 +62,60 @@ def encode_bars(bars: pd.DataFrame) -> dict[str, list]:
     return doc
 
 
-def decode_bars(doc: Any, where: str, max_bars: int) -> pd.DataFrame:
-    """Columnar dict -> a raw bars DataFrame (validated later by ``normalize_bars``)."""
+@dataclass(frozen=True)
+class BarArrays:
+    """Bars as they come off the wire: epoch-ms timestamps and an ``(n, 5)`` OHLCV matrix.
+
+    Typed and shaped, not yet validated as bars (sorted timestamps, positive prices):
+    the server checks that in one vectorised pass, and :meth:`frame` gives the DataFrame the
+    pandas path validates (with its exact messages) when a check fails.
+    """
+
+    t_ms: np.ndarray  # (n,) int64 epoch milliseconds
+    ohlcv: np.ndarray  # (n, 5) float64, columns BAR_KEYS
+
+    def frame(self) -> pd.DataFrame:
+        """The raw bars DataFrame, as :func:`decode_bars` returns it."""
+        ns = self.t_ms.astype("datetime64[ms]").astype("datetime64[ns]")
+        index = pd.DatetimeIndex(ns).rename("timestamp")
+        return pd.DataFrame(
+            {k: self.ohlcv[:, i] for i, k in enumerate(BAR_KEYS)}, index=index, copy=True
+        )
+
+
+def decode_bar_arrays(doc: Any, where: str, max_bars: int) -> BarArrays:
+    """Columnar dict -> :class:`BarArrays`; :class:`WireError` names a bad field or value."""
     if not isinstance(doc, Mapping):
         raise WireError(where, "must be an object with t, open, high, low, close, volume")
-    t = _number_list(doc.get("t"), f"{where}.t", integer=True)
+    t = _number_array(doc.get("t"), f"{where}.t", integer=True)
     if len(t) > max_bars:
         raise WireError(f"{where}.t", f"{len(t)} bars exceed the limit of {max_bars}")
-    cols = {k: _number_list(doc.get(k), f"{where}.{k}") for k in BAR_KEYS}
-    for k, v in cols.items():
+    cols = [_number_array(doc.get(k), f"{where}.{k}") for k in BAR_KEYS]
+    for k, v in zip(BAR_KEYS, cols, strict=True):
         if len(v) != len(t):
             raise WireError(f"{where}.{k}", f"has {len(v)} values but t has {len(t)}")
-    index = pd.DatetimeIndex(np.asarray(t, dtype="datetime64[ms]").astype("datetime64[ns]"))
-    return pd.DataFrame(cols, index=index.rename("timestamp"))
+    return BarArrays(t, np.stack(cols, axis=1))
+
+
+def decode_bars(doc: Any, where: str, max_bars: int) -> pd.DataFrame:
+    """Columnar dict -> a raw bars DataFrame (validated later by ``normalize_bars``)."""
+    return decode_bar_arrays(doc, where, max_bars).frame()
+
+
+_NUMBER_TYPES = frozenset((int, float))
+_INT_TYPES = frozenset((int,))
+
+
+def _number_array(value: Any, where: str, integer: bool = False) -> np.ndarray:
+    """A JSON list of numbers as int64 (``integer``) or float64; one C-speed type pass."""
+    if not isinstance(value, list):
+        raise WireError(where, "must be a list of numbers")
+    if not set(map(type, value)) <= (_INT_TYPES if integer else _NUMBER_TYPES):
+        _number_list(value, where, integer)  # names the first bad value (or allows subclasses)
+    try:
+        return np.array(value, dtype=np.int64 if integer else np.float64)
+    except (OverflowError, TypeError, ValueError):
+        raise WireError(where, "holds a number out of range") from None
 
 
 def _number_list(value: Any, where: str, integer: bool = False) -> list:
@@ -92,9 +134,14 @@ class EnhanceItem:
     """One decoded symbol of a ``/v1/enhance`` request."""
 
     symbol: str
-    bars: pd.DataFrame
+    arrays: BarArrays
     ss: float | None
     bs: float | None
+
+    @functools.cached_property
+    def bars(self) -> pd.DataFrame:
+        """The bars as a raw DataFrame (built on first use)."""
+        return self.arrays.frame()
 
 
 @dataclass(frozen=True)
@@ -141,7 +188,8 @@ def _decode_item(doc: Any, where: str, max_bars: int) -> EnhanceItem:
     if not isinstance(symbol, str) or len(symbol) > 64:
         raise WireError(f"{where}.symbol", "must be a string of at most 64 characters")
     scores = [_opt_score(doc, k, where) for k in ("ss", "bs")]
-    return EnhanceItem(symbol, decode_bars(doc.get("bars"), f"{where}.bars", max_bars), *scores)
+    arrays = decode_bar_arrays(doc.get("bars"), f"{where}.bars", max_bars)
+    return EnhanceItem(symbol, arrays, *scores)
 
 
 def _opt_score(doc: Mapping[str, Any], key: str, where: str) -> float | None:

@@ -104,3 +104,75 @@ def test_runtimes_are_never_mixed_in_a_batch():
 
     old, new = run(main())
     assert old.batches == [1] and new.batches == [1]
+
+
+class Gated(Recorder):
+    """A Recorder whose first ``predict`` blocks until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        self.gate.wait(10)
+        return super().predict(windows)
+
+
+def test_a_lone_request_never_waits_for_company():
+    async def main():
+        rt, b = Recorder(), Batcher(max_batch=16, max_wait_ms=60_000, max_queue=64)
+        b.start()
+        out = await asyncio.wait_for(b.submit(rt, windows([7])), 30)  # far below 60 s
+        await b.close()
+        return rt, out
+
+    rt, out = run(main())
+    assert rt.batches == [1] and out[0, 0] == 7
+
+
+def test_windows_arriving_during_a_batch_go_together_in_the_next():
+    async def main():
+        rt, b = Gated(), Batcher(max_batch=16, max_wait_ms=0, max_queue=64)
+        b.start()
+        first = asyncio.ensure_future(b.submit(rt, windows([1])))
+        await asyncio.to_thread(rt.entered.wait, 10)  # batch [1] is in the worker
+        later = [asyncio.ensure_future(b.submit(rt, windows([i]))) for i in (2, 3, 4)]
+        await asyncio.sleep(0)
+        rt.gate.set()
+        outs = await asyncio.gather(first, *later)
+        await b.close()
+        return rt, outs
+
+    rt, outs = run(main())
+    assert rt.batches == [1, 3]
+    assert [o[0, 0] for o in outs] == [1, 2, 3, 4]
+
+
+def test_inline_runs_on_the_loop_only_when_idle():
+    async def main():
+        rt, b = Gated(), Batcher(max_batch=16, max_wait_ms=0, max_queue=64, inline_windows=2)
+        b.start()
+        loop_thread = threading.get_ident()
+        rt.gate.set()
+        alone = await b.submit(rt, windows([1]))  # idle: inline, on this thread
+        inline_threads = set(rt.threads)
+        big = await b.submit(rt, windows([2, 3, 4]))  # over inline_windows: the worker
+        rt.gate.clear()
+        rt.entered.clear()
+        busy = asyncio.ensure_future(b.submit(rt, windows([5, 6, 7])))
+        await asyncio.to_thread(rt.entered.wait, 10)
+        queued = asyncio.ensure_future(b.submit(rt, windows([8])))  # worker busy: queued
+        await asyncio.sleep(0)
+        rt.gate.set()
+        outs = await asyncio.gather(busy, queued)
+        await b.close()
+        return loop_thread, inline_threads, rt, alone, big, outs
+
+    loop_thread, inline_threads, rt, alone, big, (busy, queued) = run(main())
+    assert busy[:, 0].tolist() == [5, 6, 7]
+    assert inline_threads == {loop_thread} and alone[0, 0] == 1
+    assert len(rt.threads - {loop_thread}) == 1  # every other batch: the one worker
+    assert big[:, 0].tolist() == [2, 3, 4] and queued[0, 0] == 8
+    assert rt.batches == [1, 3, 3, 1]

@@ -41,6 +41,7 @@ def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerCo
         max_bars=args.max_bars,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         workers=args.workers,
+        inline_windows=getattr(args, "inline_windows", ServerConfig.inline_windows),
         api_keys=keys,
     )
 
@@ -52,6 +53,10 @@ def _check_tls(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    from mlsignal.cli.serve_ray import maybe_serve_ray
+
+    if (code := maybe_serve_ray(args)) is not None:  # --engine ray: a Ray Serve application
+        return code
     import uvicorn
 
     from mlsignal.config import Settings

@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 
 from mlsignal import wire
 from mlsignal.errors import BundleError, DataError, MLSignalError
-from mlsignal.inference import Prepared, SignalRequest, finish, prepare
+from mlsignal.inference import Prepared, finish, prepare_arrays, with_regime_vols
 from mlsignal.server import v2
 from mlsignal.server.auth import AuthMiddleware
 from mlsignal.server.batcher import DeadlineError, DrainingError, QueueFullError
@@ -45,9 +45,14 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
 
 
-def create_app(config: ServerConfig, state: ModelState) -> FastAPI:
-    """Build the app around a loaded :class:`ModelState`."""
-    svc = Services(config, state)
+def create_app(config: ServerConfig, state: ModelState, batcher: Any | None = None) -> FastAPI:
+    """Build the app around a loaded :class:`ModelState`.
+
+    ``batcher`` is the forward seam: by default the in-process :class:`Batcher`; the Ray
+    engine passes one that sends windows to model replicas (same interface: ``start()``,
+    ``async submit(runtime, windows, deadline=None)``, ``async close()``, ``depth``).
+    """
+    svc = Services(config, state, batcher)
     app = FastAPI(
         title="mlsignal",
         lifespan=_lifespan,
@@ -150,9 +155,38 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 # --- the v1 steps, shared by routes -------------------------------------------------------
+#: Symbols one pool task prepares; a bigger request is cut in ``workers`` parts.
+SMALL_REQUEST = 16
+#: Bodies up to this size (a few symbols of a few hundred bars: well under a millisecond of
+#: numpy) are decoded and prepared on the event loop: a thread hop costs more than the work.
+INLINE_BODY_BYTES = 64 << 10
+
+
 def decode_enhance(body: bytes, config: ServerConfig) -> wire.EnhanceCall:
     """Parse and validate an enhance body (in the pool: big bodies take milliseconds)."""
     return wire.decode_enhance(wire.loads(body), config.max_symbols, config.max_bars)
+
+
+def prepare_items(state: ModelState, items: list[wire.EnhanceItem]) -> list[Prepared]:
+    """Items -> prepared windows with their GARCH ``regime_vol`` (numpy, no pandas on clean
+    bars); the same numbers and errors as :func:`~mlsignal.inference.prepare`."""
+    bundle = state.bundle
+    prepared = [
+        prepare_arrays(bundle, i.symbol, i.arrays.t_ms, i.arrays.ohlcv, i.ss, i.bs, i.arrays.frame)
+        for i in items
+    ]
+    return with_regime_vols(bundle, prepared)
+
+
+def decode_prepare(
+    body: bytes, config: ServerConfig, state: ModelState
+) -> tuple[wire.EnhanceCall, list[Prepared] | None]:
+    """Decode, check the pin and, for a small request, prepare it: one pool task."""
+    call = decode_enhance(body, config)
+    check_pin(call.contract_hash, state)
+    if len(call.items) > SMALL_REQUEST:
+        return call, None
+    return call, prepare_items(state, call.items)
 
 
 def finish_all(
@@ -175,23 +209,29 @@ def finish_all(
 
 
 async def enhance(svc: Services, body: bytes) -> dict[str, Any]:
-    """``POST /v1/enhance``: decode, prepare (pool), batch predict, finish (pool)."""
+    """``POST /v1/enhance``: decode + pin + prepare on the loop (small bodies) or in ONE pool
+    task (a big request: in ``workers`` parts), then the batcher; ``finish`` (GARCH done in
+    prepare) runs on the loop for a small request."""
     loop = asyncio.get_running_loop()
     arrived, t0 = loop.time(), time.perf_counter()
     state = svc.holder.current
-    call = await svc.blocking(decode_enhance, body, svc.config)
-    check_pin(call.contract_hash, state)
+    if len(body) <= INLINE_BODY_BYTES:
+        call, prepared = decode_prepare(body, svc.config, state)
+    else:
+        call, prepared = await svc.blocking(decode_prepare, body, svc.config, state)
     deadline = None if call.deadline_ms is None else arrived + call.deadline_ms / 1e3
-    prepared: list[Prepared] = await asyncio.gather(
-        *(
-            svc.blocking(prepare, state.bundle, SignalRequest(i.symbol, i.bars, i.ss, i.bs))
-            for i in call.items
-        )
-    )
+    if prepared is None:
+        k = -(-len(call.items) // svc.config.workers)
+        parts = [call.items[i : i + k] for i in range(0, len(call.items), k)]
+        done = await asyncio.gather(*(svc.blocking(prepare_items, state, p) for p in parts))
+        prepared = [p for part in done for p in part]
     windows = np.stack([p.window for p in prepared])
     out = await svc.batcher.submit(state.runtime, windows, deadline)
     latency_ms = (time.perf_counter() - t0) * 1e3
-    results = await svc.blocking(finish_all, state, prepared, out, latency_ms)
+    if len(prepared) > SMALL_REQUEST:
+        results = await svc.blocking(finish_all, state, prepared, out, latency_ms)
+    else:
+        results = finish_all(state, prepared, out, latency_ms)
     return {**model_fields(state), "results": results}
 
 

@@ -1,10 +1,22 @@
 """Dynamic batching: concurrent requests' windows share one forward pass.
 
-Requests ``submit`` windows from the event loop; a collector task gathers them until
-``max_batch`` windows are waiting or ``max_wait_ms`` passed since the oldest arrived, drops
-work whose deadline already passed, and runs ``runtime.predict`` in ONE dedicated worker
-thread (one GPU stream; the event loop never blocks). The queue is bounded in windows: a
-request that would overflow it is refused at once (:class:`QueueFullError`, a 503).
+Requests ``submit`` windows from the event loop; a collector task runs them through
+``runtime.predict`` in ONE dedicated worker thread (one GPU stream; the event loop never
+blocks), dropping work whose deadline already passed. Batching is adaptive: when the worker
+is idle and one request is waiting, it runs at once (a lone request never waits for
+company); windows that arrive while a batch runs accumulate and go together, up to
+``max_batch``, as soon as the worker is free. Only when several requests are already waiting
+for an idle worker (concurrent clients) does the collector wait up to ``max_wait_ms`` (from
+the oldest arrival) for the batch to fill. The queue is bounded in windows: a request that
+would overflow it is refused at once (:class:`QueueFullError`, a 503).
+
+With ``inline_windows`` > 0, a request of at most that many windows that finds the worker
+idle and the queue empty runs ``predict`` right there on the event loop: nothing is running
+or waiting, so nobody waits for it, and the two thread hops (to the worker and back; on a
+busy 2-core host each can cost more than the forward) are saved. Inline and worker calls
+never overlap: both are started from the loop, and only when no batch runs. It is off by
+default: a small request then goes through the server without one await, so under load
+requests run one by one, never batch, and the bounded queue never fills (no 503).
 
 Windows of different runtimes (a hot reload in progress) are never mixed in one batch, so a
 request finishes on the model it started with.
@@ -58,10 +70,15 @@ class Batcher:
         max_queue: int = 4096,
         on_batch: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        inline_windows: int = 0,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or inline_windows < 0:
+            raise ValueError(
+                "max_batch and max_queue must be >= 1, max_wait_ms and inline_windows >= 0"
+            )
         self.max_batch = max_batch
+        self.inline_windows = min(inline_windows, max_batch)
+        self._running = False  # a batch is in the worker thread
         self.max_wait_s = max_wait_ms / 1e3
         self.max_queue = max_queue
         self._on_batch = on_batch or (lambda n: None)
@@ -101,6 +118,9 @@ class Batcher:
         now = loop.time()
         if deadline is not None and now >= deadline:
             raise DeadlineError("deadline exceeded before inference")
+        if n <= self.inline_windows and not self._running and not self._queue:
+            self._on_batch(n)
+            return runtime.predict(windows)  # idle: run now, on the loop (module docstring)
         futures = []
         for start in range(0, n, self.max_batch):
             chunk = windows[start : start + self.max_batch]
@@ -132,7 +152,8 @@ class Batcher:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            await self._fill(self._queue[0].arrived + self.max_wait_s)
+            if self.max_wait_s > 0 and len(self._queue) > 1:  # concurrent callers: fill up
+                await self._fill(self._queue[0].arrived + self.max_wait_s)
             batch = self._live(self._take())
             if batch:
                 await self._run(batch)
@@ -182,6 +203,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         windows = np.concatenate([item.windows for item in batch])
         self._on_batch(len(windows))
+        self._running = True
         try:
             out = await loop.run_in_executor(self._executor, batch[0].runtime.predict, windows)
         except Exception as e:  # delivered to every caller of this batch
@@ -189,6 +211,8 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(e)
             return
+        finally:
+            self._running = False
         start = 0
         for item in batch:
             n = len(item.windows)
