@@ -1,9 +1,16 @@
-"""The model-forward and ``enhance_signal`` benchmarks over every available path.
+"""The model-forward and ``enhance_signal`` benchmarks over every available path, plus the
+server benchmarks (:mod:`mlsignal.bench.server_bench`).
 
 A path is a (backend, device) pair: torch on cpu, torch on cuda (eager), onnx on cpu, onnx on
 cuda where onnxruntime has the CUDA provider. Each row records median and p99 latency and
-windows per second, and ``speedup_vs_torch_eager``: the torch-eager median on the same
-device over this path's median (1.0 for torch eager itself).
+windows per second, and the baselines a user would otherwise use, side by side:
+
+- ``speedup_vs_torch_eager``: the torch-eager median on the same device over this row's
+  median (1.0 for torch eager itself), next to ``torch_eager_median_ms``;
+- ``speedup_vs_onnx_default``: the median of ONNX Runtime with default settings
+  (:mod:`mlsignal.bench.baselines`, backend ``onnx-default``) on the same device over this
+  row's median, next to ``onnx_default_median_ms`` and ``onnx_default_device`` (the CPU
+  baseline where onnxruntime has no CUDA provider). Forward rows only.
 """
 
 from __future__ import annotations
@@ -11,13 +18,17 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlsignal.bench import baselines
 from mlsignal.bench.timing import Timing, measure
 from mlsignal.bundle import Bundle
 from mlsignal.errors import MLSignalError
+
+if TYPE_CHECKING:
+    from mlsignal.bench.server_bench import ServerBenchConfig
 
 FULL_BATCHES = (1, 16, 256, 1024, 4096)
 QUICK_BATCHES = (1, 16, 256)
@@ -25,20 +36,26 @@ QUICK_BATCHES = (1, 16, 256)
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to measure; ``budget_s`` is the timing budget per measurement."""
+    """What to measure; ``budget_s`` is the timing budget per measurement.
+
+    ``server``: the server benchmarks' settings, ``None`` to skip them.
+    """
 
     batches: tuple[int, ...] = FULL_BATCHES
     budget_s: float = 1.0
     paths: tuple[tuple[str, str], ...] = ()
+    onnx_default: bool = True
+    server: ServerBenchConfig | None = None
 
 
 @dataclass
 class BenchResult:
-    """Rows of measurements plus a description of the machine."""
+    """Rows of measurements, the server section, and a description of the machine."""
 
     machine: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    server: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -142,40 +159,82 @@ def bench_enhance(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None
         result.rows.append(_row("enhance_signal", backend, enh.runtime.device, 1, t))
 
 
+def bench_onnx_default(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None:
+    """The ONNX Runtime default-settings baseline at every batch size (backend onnx-default)."""
+    for device in baselines.devices_to_baseline(cfg.paths):
+        try:
+            run = baselines.default_forward(baselines.default_session(bundle, device))
+        except MLSignalError as e:
+            result.skipped.append(f"{baselines.BACKEND}/{device}: {e}")
+            continue
+        for batch in cfg.batches:
+            x = _windows(bundle, batch)
+            t = measure(lambda run=run, x=x: run(x), cfg.budget_s)
+            result.rows.append(_row("forward", baselines.BACKEND, device, batch, t))
+
+
 def add_ratios(result: BenchResult) -> None:
-    """``speedup_vs_torch_eager`` for every row with a torch-eager row on the same device."""
-    base = {
+    """``speedup_vs_torch_eager`` and ``speedup_vs_onnx_default``, next to their baselines."""
+    torch_base = _medians(result, "torch")  # "torch+graphs" rows are compared with it
+    onnx_base = _medians(result, baselines.BACKEND)
+    for r in result.rows:
+        key = (r["what"], r["device"], r["batch"])
+        ref = torch_base.get(key)
+        if ref is None and r["device"] != "cpu":  # e.g. onnx cuda vs torch cuda
+            ref = torch_base.get((r["what"], r["device"].split(":")[0] + ":0", r["batch"]))
+        r["torch_eager_median_ms"] = ref
+        r["speedup_vs_torch_eager"] = None if ref is None else ref / r["median_ms"]
+        onnx_dev = r["device"] if key in onnx_base else "cpu"
+        ref = onnx_base.get((r["what"], onnx_dev, r["batch"]))
+        r["onnx_default_median_ms"] = ref
+        r["onnx_default_device"] = None if ref is None else onnx_dev
+        r["speedup_vs_onnx_default"] = None if ref is None else ref / r["median_ms"]
+
+
+def _medians(result: BenchResult, backend: str) -> dict[tuple[str, str, int], float]:
+    return {
         (r["what"], r["device"], r["batch"]): r["median_ms"]
         for r in result.rows
-        if r["backend"] == "torch"
-    }  # torch eager; "torch+graphs" rows are compared with it on the same device
-    for r in result.rows:
-        ref = base.get((r["what"], r["device"], r["batch"]))
-        if ref is None and r["device"] != "cpu":  # e.g. onnx cuda vs torch cuda
-            ref = base.get((r["what"], r["device"].split(":")[0] + ":0", r["batch"]))
-        r["speedup_vs_torch_eager"] = None if ref is None else ref / r["median_ms"]
+        if r["backend"] == backend
+    }
 
 
 def run_bench(bundle: Bundle, cfg: BenchConfig) -> BenchResult:
     """Every benchmark, in one result."""
     result = BenchResult(machine_info())
     bench_forward(bundle, cfg, result)
+    if cfg.onnx_default:
+        bench_onnx_default(bundle, cfg, result)
     bench_enhance(bundle, cfg, result)
     add_ratios(result)
+    if cfg.server is not None:
+        from mlsignal.bench.server_bench import run_server_bench
+
+        try:
+            result.server = run_server_bench(bundle.path, bundle, cfg.server, result.skipped)
+        except (MLSignalError, OSError) as e:
+            result.skipped.append(f"server: {e}")
     return result
 
 
 def format_table(result: BenchResult) -> str:
-    """A fixed-width table of the rows."""
+    """A fixed-width table of the rows, then the server section."""
     head = (f"{'what':<15}{'backend':<14}{'device':<8}{'batch':>6}{'median ms':>11}"
-            f"{'p99 ms':>10}{'win/s':>12}{'vs torch':>10}")  # fmt: skip
+            f"{'p99 ms':>10}{'win/s':>12}{'vs torch':>10}{'vs onnx-def':>13}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in result.rows:
-        ratio = r["speedup_vs_torch_eager"]
         lines.append(
             f"{r['what']:<15}{r['backend']:<14}{r['device']:<8}{r['batch']:>6}"
             f"{r['median_ms']:>11.3f}{r['p99_ms']:>10.3f}{r['windows_per_s']:>12.0f}"
-            f"{'' if ratio is None else f'{ratio:.2f}x':>10}"
+            f"{_times(r['speedup_vs_torch_eager']):>10}{_times(r['speedup_vs_onnx_default']):>13}"
         )
+    if result.server is not None:
+        from mlsignal.bench.server_bench import format_server
+
+        lines += ["", format_server(result.server)]
     lines += [f"skipped: {s}" for s in result.skipped]
     return "\n".join(lines)
+
+
+def _times(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}x"

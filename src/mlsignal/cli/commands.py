@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from mlsignal.errors import DataError
+
+if TYPE_CHECKING:
+    from mlsignal.bench.server_bench import ServerBenchConfig
 
 
 def train(args: argparse.Namespace) -> int:
@@ -98,7 +102,7 @@ def export_onnx(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    """Run the benchmarks and print a table (or JSON)."""
+    """Run the benchmarks and print a table (or JSON); ``--plot`` writes the PNG."""
     from mlsignal.bench.run import (
         FULL_BATCHES,
         QUICK_BATCHES,
@@ -111,15 +115,48 @@ def bench(args: argparse.Namespace) -> int:
 
     batches = QUICK_BATCHES if args.quick else FULL_BATCHES
     if args.batches:
-        try:
-            batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
-        except ValueError:
-            raise DataError(
-                f"--batches must be comma-separated integers, got {args.batches!r}"
-            ) from None
-        if not batches or min(batches) < 1:
-            raise DataError(f"--batches must be positive integers, got {args.batches!r}")
-    cfg = BenchConfig(batches, 0.3 if args.quick else 1.0, tuple(available_paths()))
+        batches = _positive_ints(args.batches, "--batches")
+    server = _server_config(args) if args.server else None
+    cfg = BenchConfig(batches, 0.3 if args.quick else 1.0, tuple(available_paths()), server=server)
     result = run_bench(load_bundle(args.bundle), cfg)
     print(json.dumps(result.to_dict()) if args.json else format_table(result))
+    if args.plot:
+        from mlsignal.bench.plot import plot_forward
+
+        written = plot_forward(result.to_dict(), args.plot)
+        print(f"plot: {written}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    """``"1,16"`` -> ``(1, 16)``, or a :class:`DataError` naming ``flag``."""
+    try:
+        values = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise DataError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise DataError(f"{flag} must be positive integers, got {text!r}")
+    return values
+
+
+def _server_config(args: argparse.Namespace) -> ServerBenchConfig:
+    """The server benchmarks' settings from ``--quick``, ``--clients``, ``--requests``..."""
+    from dataclasses import replace
+
+    from mlsignal.bench.server_bench import QUICK_SERVER, ServerBenchConfig
+
+    cfg = QUICK_SERVER if args.quick else ServerBenchConfig()
+    cfg = replace(cfg, litserve=args.litserve)
+    if args.clients:
+        cfg = replace(cfg, clients=_positive_ints(args.clients, "--clients"))
+    if args.requests is not None:
+        if args.requests < 1:
+            raise DataError(f"--requests must be at least 1, got {args.requests}")
+        cfg = replace(cfg, requests=args.requests, single_requests=max(20, args.requests // 4))
+    if args.time_limit is not None:
+        if not args.time_limit > 0:
+            raise DataError(
+                f"--time-limit must be a positive number of seconds, got {args.time_limit}"
+            )
+        cfg = replace(cfg, time_limit_s=args.time_limit)
+    return cfg
