@@ -1,4 +1,10 @@
-"""``mlsignal doctor``: what this machine offers for inference."""
+"""``mlsignal doctor``: what this machine offers for inference, and what to change.
+
+Reports Python, torch, CUDA, GPUs, cuDNN, ONNX Runtime and what ``auto`` picks; then advice
+(a CPU-only torch on a GPU machine, a torch built for a newer CUDA than the driver, ONNX
+Runtime without its CUDA provider) and, from a quick measurement of the bundle's forward pass
+on every path here, which path is fastest for one symbol per bar and for many.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,41 @@ import json
 import os
 import platform
 import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
-from mlsignal.config import DEVICE_ENV
+from mlsignal.cli.doctor_advice import (
+    Advice,
+    NvidiaInfo,
+    onnx_advice,
+    query_nvidia_smi,
+    torch_advice,
+)
+from mlsignal.config import BACKEND_ENV, BUNDLE_ENV, DEVICE_ENV
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """Doctor's measurement options (``--json`` is added by the caller)."""
+    p.add_argument(
+        "--bundle",
+        help="bundle to time (default: $MLSIGNAL_BUNDLE, else artifacts/quick when it exists)",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--measure",
+        action="store_true",
+        help="time more batch sizes for longer (about 10-30 s); without it a quick "
+        "measurement runs when a bundle is found",
+    )
+    group.add_argument("--no-measure", action="store_true", help="skip the measurement")
+    p.add_argument(
+        "--symbols",
+        type=int,
+        default=1,
+        help="symbols your loop enhances per bar (one enhance_batch call); the advice is "
+        "for this batch size (default: %(default)s)",
+    )
 
 
 def _torch_report() -> dict[str, Any]:
@@ -47,34 +85,174 @@ def _onnx_report() -> dict[str, Any]:
     return {"onnxruntime": ort.__version__, "onnx_providers": ort.get_available_providers()}
 
 
-def collect() -> dict[str, Any]:
-    """Everything doctor reports, as a dict."""
-    from mlsignal.config import resolve_device
+def _nvidia_report(nvidia: NvidiaInfo | None) -> dict[str, Any]:
+    if nvidia is None:
+        return {"nvidia_driver": None, "nvidia_cuda": None, "nvidia_gpus": []}
+    return {
+        "nvidia_driver": nvidia.driver,
+        "nvidia_cuda": nvidia.cuda,
+        "nvidia_gpus": list(nvidia.gpus),
+    }
+
+
+def pick(device: str | None, backend: str | None) -> tuple[str, str]:
+    """(backend, device) that a runtime would use for these settings (``None``: the env).
+
+    Uses the same public resolvers as the runtimes (:func:`mlsignal.config.resolve_backend`,
+    then the device resolver of that backend), so doctor never second-guesses them.
+    """
+    from mlsignal.config import resolve_backend, resolve_device
+
+    chosen = resolve_backend(backend)
+    if chosen == "onnx":
+        from mlsignal.runtime.onnx_runtime import resolve_onnx_device
+
+        return chosen, resolve_onnx_device(device)
+    return chosen, resolve_device(device)
+
+
+def _pick_report() -> dict[str, Any]:
     from mlsignal.errors import ConfigError
 
+    out: dict[str, Any] = {}
+    for label, spec in (("auto", "auto"), ("configured", None)):
+        try:
+            backend, device = pick(spec, spec)
+        except (ConfigError, ImportError) as e:
+            out[f"{label}_device" if label == "configured" else "auto_picks"] = f"error: {e}"
+            continue
+        if label == "auto":
+            out.update(auto_picks=device, auto_backend=backend)
+        else:
+            out.update(configured_device=device, configured_backend=backend)
+    return out
+
+
+def collect(nvidia: NvidiaInfo | None = None) -> dict[str, Any]:
+    """Everything doctor reports, as a dict (``nvidia``: ``nvidia-smi``'s view, if known)."""
     report: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         **_torch_report(),
         **_onnx_report(),
+        **_nvidia_report(nvidia),
         "ML_INFERENCE_DEVICE": os.environ.get(DEVICE_ENV) or "(unset: auto)",
+        "ML_INFERENCE_BACKEND": os.environ.get(BACKEND_ENV) or "(unset: auto)",
+        **_pick_report(),
     }
-    try:
-        report["auto_picks"] = resolve_device("auto")
-        report["configured_device"] = resolve_device(None)
-    except ConfigError as e:
-        report["configured_device"] = f"error: {e}"
     return report
 
 
+def advise(report: dict[str, Any], nvidia: NvidiaInfo | None) -> list[Advice]:
+    """Driver/CUDA/torch and ONNX Runtime advice for a :func:`collect` report."""
+    return [
+        *torch_advice(
+            report.get("torch"),
+            report.get("torch_cuda"),
+            bool(report.get("cuda_available")),
+            nvidia,
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        ),
+        *onnx_advice(report.get("onnxruntime"), report.get("onnx_providers", []), nvidia),
+    ]
+
+
+def _bundle_path(args: argparse.Namespace) -> Path | None:
+    """The bundle to time: ``--bundle``, ``$MLSIGNAL_BUNDLE``, else artifacts/quick if there."""
+    from mlsignal.cli.main import DEFAULT_BUNDLE
+
+    raw = args.bundle or os.environ.get(BUNDLE_ENV)
+    if raw:
+        return Path(raw)
+    return Path(DEFAULT_BUNDLE) if Path(DEFAULT_BUNDLE, "manifest.json").is_file() else None
+
+
+def _label(backend: str, device: str) -> str:
+    """``torch`` on CUDA with CUDA graphs on (``ML_CUDA_GRAPHS``) is the ``torch+graphs`` path."""
+    from mlsignal.errors import ConfigError
+    from mlsignal.runtime.base import _cuda_graphs_wanted
+
+    try:
+        graphs = backend == "torch" and device.startswith("cuda") and _cuda_graphs_wanted(device)
+    except ConfigError:
+        return backend  # a bad ML_CUDA_GRAPHS value: the runtime will say so at load
+    return "torch+graphs" if graphs else backend
+
+
+def measure_section(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
+    """Time the bundle on every path here and advise; ``{"skipped": why}`` when it cannot."""
+    from mlsignal.bundle import load_bundle
+    from mlsignal.cli.doctor_measure import FULL_BATCHES, QUICK_BATCHES, measure_paths, speed_advice
+    from mlsignal.errors import ConfigError
+
+    if args.no_measure:
+        return {"skipped": "--no-measure"}
+    if args.symbols < 1:
+        raise ConfigError("--symbols must be at least 1")
+    path = _bundle_path(args)
+    if path is None:
+        return {"skipped": "no bundle found: pass --bundle DIR or set MLSIGNAL_BUNDLE"}
+    bundle = load_bundle(path)  # a bad bundle is an error (exit 2), not silently skipped
+    batches = tuple(sorted({*(FULL_BATCHES if args.measure else QUICK_BATCHES), args.symbols}))
+    m = measure_paths(bundle, batches, budget_s=0.6 if args.measure else 0.15)
+    backend, device = report.get("configured_backend"), report.get("configured_device")
+    if backend and device and not str(device).startswith("error"):
+        backend = _label(backend, device)
+    else:
+        backend = device = None
+    advice = speed_advice(m, backend, device, args.symbols)
+    return {
+        "bundle": str(path),
+        "batches": list(batches),
+        **m.to_dict(),
+        "advice": [a.to_dict() for a in advice],
+    }
+
+
 def doctor(args: argparse.Namespace) -> int:
-    """Print the report; exit 0 (a wrong ML_INFERENCE_DEVICE is shown, not raised)."""
-    report = collect()
+    """Print the report, advice and measurement; exit 0 (bad settings are shown, not raised)."""
+    nvidia = query_nvidia_smi()
+    report = collect(nvidia)
+    report["advice"] = [a.to_dict() for a in advise(report, nvidia)]
+    report["measure"] = measure_section(args, report)
     if args.json:
         print(json.dumps(report))
         return 0
+    print(format_report(report))
+    return 0
+
+
+def _advice_lines(items: list[dict[str, str]]) -> list[str]:
+    lines = []
+    for a in items:
+        head = f"  [{a['level']}]".ljust(9)
+        lines += textwrap.wrap(a["text"], 100, initial_indent=head, subsequent_indent=" " * 9)
+    return lines
+
+
+def _measure_lines(m: dict[str, Any]) -> list[str]:
+    if "skipped" in m and "rows" not in m:
+        return [f"measurement          skipped: {m['skipped']}"]
+    batches = m["batches"]
+    lines = [f"measured             model forward, median ms, bundle {m['bundle']}"]
+    lines.append("  " + "path".ljust(24) + "".join(f"{'b' + str(b):>10}" for b in batches))
+    table: dict[str, dict[int, float]] = {}
+    for r in m["rows"]:
+        table.setdefault(f"{r['backend']} on {r['device']}", {})[r["batch"]] = r["median_ms"]
+    for name, row in table.items():
+        cells = "".join(f"{row[b]:>10.3f}" if b in row else f"{'-':>10}" for b in batches)
+        lines.append("  " + name.ljust(24) + cells)
+    lines += [f"  skipped: {s}" for s in m["skipped"]]
+    return lines + _advice_lines(m["advice"])
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable report: ``key value`` lines, then advice, then the measurement."""
+    lines = []
     for key, value in report.items():
+        if key in ("advice", "measure"):
+            continue
         if key == "gpus":
             value = (
                 ", ".join(
@@ -85,5 +263,9 @@ def doctor(args: argparse.Namespace) -> int:
             )
         elif isinstance(value, list):
             value = ", ".join(value) or "none"
-        print(f"{key:<20} {value}")
-    return 0
+        lines.append(f"{key:<20} {value}")
+    lines.append("advice")
+    lines += _advice_lines(report.get("advice", []))
+    if "measure" in report:
+        lines += _measure_lines(report["measure"])
+    return "\n".join(lines)
