@@ -1,0 +1,338 @@
+"""The bar loop: feed -> scores (rules or hook) -> enhancer -> sink.
+
+For each group of closed bars the feed delivers (the bars of one bar time, across symbols),
+:class:`LiveRunner` appends each bar to its symbol's buffer, scores it, enhances every
+symbol of the group in one ``enhance_batch`` call (one forward pass, or one request to the
+server) and writes the group's records in one transaction.
+
+Which bars are recorded: every bar that has at least ``enhancer.min_bars`` bars of history
+(itself included) and is newer than the symbol's last recorded bar. Bars before that are
+**warm-up**: they fill the buffer, are counted in the summary and are never recorded (no model
+can score them). So after any number of restarts each bar with enough history is recorded
+exactly once: the sink's primary key forbids a second row, and resuming after the last
+recorded bar forbids a gap, because a group is committed as a whole, in time order.
+
+Restart: :meth:`LiveRunner.run` reads the last recorded bar per symbol from the sink and
+passes it to the feed with the context it needs (``history_bars``); bars at or before it only
+refill the buffer.
+
+Per-bar deadline: with ``bar_deadline_ms`` the enhancer runs on a worker thread and the loop
+waits at most that long. Without an answer by then, the group is recorded with the fallback
+result: the raw scores unchanged (``enhanced_ss = ss``, ``enhanced_bs = bs``), ``bull_prob``
+0.5, ``kelly`` 0, the GARCH regime, ``source = "rules"`` and ``fallback_reason`` starting with
+``"deadline"``. The first write wins: the late answer is discarded when it comes (counted as
+``late_answers``), never recorded. While a late call still occupies the worker, the next
+call waits behind it within its own deadline. An enhancer error (a bug, a broken device) is
+recorded the same way with ``fallback_reason = "error: ..."``: a bar is never dropped.
+
+Where a streaming enhancer (``enhance_bar`` with incremental features) lands: it replaces
+the ``enhance_batch`` call in :meth:`LiveRunner._enhance`; the buffers stay as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsignal.data import BAR_COLUMNS
+from mlsignal.errors import ConfigError
+from mlsignal.inference import SignalRequest, SignalResult
+from mlsignal.live.feeds import Bar, Feed, Resume
+from mlsignal.live.scores import ScoreFn, call_hook, rule_scores_hook
+from mlsignal.live.sink import Record, Sink
+from mlsignal.models.garch import classify_regime, garch_forecast
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveSummary:
+    """What a run did: recorded bars per symbol and per source, and what it skipped."""
+
+    recorded: Counter[str] = field(default_factory=Counter)  # per symbol
+    sources: Counter[str] = field(default_factory=Counter)  # per ml_info source
+    warmup: Counter[str] = field(default_factory=Counter)  # bars with too little history
+    already_recorded: int = 0  # bars at or before the resume point (context only)
+    duplicates: int = 0  # bars the feed repeated or the sink already had
+    deadline_misses: int = 0
+    errors: int = 0
+    late_answers: int = 0  # enhancer answers that came after their bar was recorded
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        """Bars recorded in this run."""
+        return sum(self.recorded.values())
+
+    def lines(self) -> list[str]:
+        """A human summary, one line per symbol then totals."""
+        out = [f"{s}: {n} bars recorded" for s, n in sorted(self.recorded.items())]
+        rate = self.total / self.seconds if self.seconds > 0 else 0.0
+        out.append(
+            f"total {self.total} bars in {self.seconds:.1f} s ({rate:.1f}/s); by source "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.sources.items())) or "none")
+        )
+        out.append(
+            f"warm-up {sum(self.warmup.values())}, already recorded {self.already_recorded}, "
+            f"duplicates {self.duplicates}, deadline misses {self.deadline_misses}, "
+            f"late answers discarded {self.late_answers}, enhancer errors {self.errors}"
+        )
+        return out
+
+
+def rules_only_info(
+    bundle: Any, req: SignalRequest, latency_ms: float, reason: str
+) -> dict[str, Any]:
+    """``ml_info`` of a bar no model answered for: the keys of a model result, neutral values.
+
+    ``bull_prob`` 0.5, ``kelly`` 0 (flat), model outputs ``None``, the GARCH regime of the
+    bars (cheap, no model needed), ``source`` ``"rules"`` and the ``fallback_reason``.
+    """
+    close = req.bars["close"].to_numpy(dtype=np.float64)
+    regime_vol = float(garch_forecast(bundle.garch, np.diff(np.log(close))))
+    return {
+        "bull_prob": 0.5,
+        "regime_vol": regime_vol,
+        "regime": classify_regime(bundle.garch, regime_vol),
+        "kelly": 0.0,
+        "kelly_side": "flat",
+        "p_lstm": None,
+        "p_tft": None,
+        "rule_ss": float(req.ss),  # type: ignore[arg-type]
+        "rule_bs": float(req.bs),  # type: ignore[arg-type]
+        "model_version": bundle.model_version,
+        "contract_hash": bundle.contract_hash,
+        "source": "rules",
+        "device": "none",
+        "backend": "none",
+        "latency_ms": latency_ms,
+        "bar_ts": req.bars.index[-1].isoformat(),
+        "fallback_reason": reason,
+        "endpoint": None,
+        "attempts": 0,
+    }
+
+
+class _Worker:
+    """One daemon thread running submitted calls in order (a stuck call never blocks exit)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="mlsignal-enhance", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, fut = job
+            if not fut.set_running_or_notify_cancel():
+                continue  # cancelled while queued: its bar already has its fallback
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # handed to the waiting caller
+                fut.set_exception(e)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+
+class LiveRunner:
+    """Runs the bar loop until the feed ends or :meth:`stop` is called.
+
+    Args:
+        enhancer: an :class:`~mlsignal.enhancer.MLSignalEnhancer` (anything with
+            ``bundle``, ``min_bars`` and ``enhance_batch``).
+        feed: a :class:`~mlsignal.live.feeds.Feed`.
+        sink: a :class:`~mlsignal.live.sink.Sink`; its ``last_recorded`` is the resume point.
+        scores: score hook ``(symbol, bars) -> (ss, bs)``; default the built-in rules.
+        bar_deadline_ms: longest wait for the enhancer per bar group; ``None`` waits as long
+            as the enhancer takes (its own remote timeout and fallback still apply).
+        history_bars: bars kept per symbol and given to the score hook (at least
+            ``min_bars``, the default).
+    """
+
+    def __init__(
+        self,
+        enhancer: Any,
+        feed: Feed,
+        sink: Sink,
+        *,
+        scores: ScoreFn | None = None,
+        bar_deadline_ms: float | None = None,
+        history_bars: int | None = None,
+    ) -> None:
+        if bar_deadline_ms is not None and not bar_deadline_ms > 0:
+            raise ConfigError(
+                f"bar deadline must be a positive number of ms, got {bar_deadline_ms}"
+            )
+        self.enhancer = enhancer
+        self.feed = feed
+        self.sink = sink
+        self.scores = scores or rule_scores_hook
+        self.min_bars = int(enhancer.min_bars)
+        self.keep = max(self.min_bars, history_bars or 0)
+        self.deadline_s = None if bar_deadline_ms is None else bar_deadline_ms / 1e3
+        self.summary = LiveSummary()
+        self._stop = threading.Event()
+        self._buffers: dict[str, deque[Bar]] = {}
+        self._last: dict[str, pd.Timestamp] = {}
+        self._worker: _Worker | None = None
+        self._failing: str | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current bar group and return (signal-handler safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def run(self) -> LiveSummary:
+        """Resume after the sink's last recorded bars and process bars until the end."""
+        t0 = time.perf_counter()
+        self._last = dict(self.sink.last_recorded())
+        if self._last:
+            log.info("resuming after %s", ", ".join(f"{s} {t}" for s, t in self._last.items()))
+        resume = Resume(self._last.copy(), context_bars=self.keep)
+        if self.deadline_s is not None:
+            self._worker = _Worker()
+        try:
+            for group in self.feed.ticks(self._stop, resume):
+                self.process(group)
+                if self._stop.is_set():
+                    log.info("stop requested: finished the current bar, shutting down")
+                    break
+        finally:
+            self.feed.close()
+            if self._worker is not None:
+                self._worker.close()
+            self.summary.seconds = time.perf_counter() - t0
+        for line in self.summary.lines():
+            log.info("live summary: %s", line)
+        return self.summary
+
+    # --- one group of bars -------------------------------------------------------------------
+    def process(self, group: Sequence[Bar]) -> int:
+        """Buffer, score, enhance and record one group of bars; returns the rows added."""
+        due = [bar for bar in group if self._admit(bar)]
+        if not due:
+            return 0
+        windows = {bar.symbol: self._frame(bar.symbol) for bar in due}
+        requests = []
+        for bar in due:
+            ss, bs = call_hook(self.scores, bar.symbol, windows[bar.symbol])
+            tail = windows[bar.symbol].iloc[-self.min_bars :]
+            requests.append(SignalRequest(bar.symbol, tail, ss, bs))
+        results = self._enhance(requests)
+        records = [
+            Record(bar.symbol, bar.ts, bar.close, req.ss, req.bs, r.enhanced_ss, r.enhanced_bs,
+                   r.ml_info)
+            for bar, req, r in zip(due, requests, results, strict=True)
+        ]  # fmt: skip
+        added = self.sink.write(records)
+        self.summary.duplicates += len(records) - added
+        for rec in records:
+            self._last[rec.symbol] = rec.bar_ts
+            self.summary.recorded[rec.symbol] += 1
+            self.summary.sources[rec.source] += 1
+        return added
+
+    def _admit(self, bar: Bar) -> bool:
+        """Buffer ``bar``; True when it must be recorded (enough history, not yet recorded)."""
+        buf = self._buffers.setdefault(bar.symbol, deque(maxlen=self.keep))
+        if buf and bar.ts <= buf[-1].ts:
+            self.summary.duplicates += 1
+            log.debug("%s bar %s delivered again; ignored", bar.symbol, bar.ts)
+            return False
+        buf.append(bar)
+        if len(buf) < self.min_bars:
+            self.summary.warmup[bar.symbol] += 1
+            return False
+        last = self._last.get(bar.symbol)
+        if last is not None and bar.ts <= last:
+            self.summary.already_recorded += 1
+            return False
+        return True
+
+    def _frame(self, symbol: str) -> pd.DataFrame:
+        buf = self._buffers[symbol]
+        index = pd.DatetimeIndex([b.ts for b in buf], name="timestamp")
+        values = np.array([b[2:] for b in buf], dtype=np.float64)  # (n, 5) OHLCV
+        return pd.DataFrame(values, index=index, columns=list(BAR_COLUMNS))
+
+    # --- the enhancer, under the deadline ----------------------------------------------------
+    def _enhance(self, requests: list[SignalRequest]) -> list[SignalResult]:
+        t0 = time.perf_counter()
+        if self._worker is None:
+            return self._call_enhancer(requests, t0)
+        fut = self._worker.submit(lambda: self.enhancer.enhance_batch(requests))
+        try:
+            results = fut.result(timeout=self.deadline_s)
+        except FutureTimeout:
+            queued = fut.cancel()  # True: it never started (an earlier late call holds the worker)
+            if not queued:
+                fut.add_done_callback(self._late)
+            self.summary.deadline_misses += 1
+            why = " (the enhancer was still busy with an earlier late call)" if queued else ""
+            reason = f"deadline: no answer within {self.deadline_s * 1e3:g} ms{why}"
+            self._note(reason.split(" (")[0])
+            return self._fallback(requests, t0, reason)
+        except Exception as e:  # the enhancer itself failed: record the bar anyway
+            return self._failed(requests, t0, e)
+        self._note(None)
+        return results
+
+    def _call_enhancer(self, requests: list[SignalRequest], t0: float) -> list[SignalResult]:
+        try:
+            results = self.enhancer.enhance_batch(requests)
+        except Exception as e:  # the enhancer itself failed: record the bar anyway
+            return self._failed(requests, t0, e)
+        self._note(None)
+        return results
+
+    def _failed(self, requests: list[SignalRequest], t0: float, e: Exception) -> list[SignalResult]:
+        self.summary.errors += 1
+        reason = f"error: {type(e).__name__}: {e}"
+        self._note(reason)
+        return self._fallback(requests, t0, reason)
+
+    def _late(self, fut: Future) -> None:
+        self.summary.late_answers += 1
+        log.debug("a late enhancer answer was discarded: its bars were recorded with the fallback")
+
+    def _fallback(
+        self, requests: list[SignalRequest], t0: float, reason: str
+    ) -> list[SignalResult]:
+        """The rules-only result: raw scores unchanged, GARCH regime, bull_prob 0.5, kelly 0."""
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        return [
+            SignalResult(req.symbol, float(req.ss), float(req.bs),  # type: ignore[arg-type]
+                         rules_only_info(self.enhancer.bundle, req, latency_ms, reason))
+            for req in requests
+        ]  # fmt: skip
+
+    def _note(self, reason: str | None) -> None:
+        """Log a runner-level fallback once per state change, not once per bar."""
+        if reason == self._failing:
+            return
+        if reason is not None:
+            log.warning("recording bars with the rules-only fallback: %s", reason)
+        else:
+            log.info("enhancer answering in time again")
+        self._failing = reason
