@@ -130,10 +130,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "doctor",
-        help="report Python, torch, CUDA, GPUs, cuDNN, ONNX Runtime, and what `auto` picks",
-        description="Report the inference environment of this machine.",
+        help="report torch, CUDA, GPUs, ONNX Runtime, what `auto` picks; advise; time the paths",
+        description="Report the inference environment of this machine, advise on driver, "
+        "CUDA, torch and ONNX Runtime, and time the bundle on every path here.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from mlsignal.cli.doctor import add_options  # cheap: no torch, no onnxruntime
+
+    add_options(p)
     p.set_defaults(func=_cmd_doctor)
 
 
@@ -198,6 +202,31 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers", type=int, default=2, help="threads computing features (default: %(default)s)"
     )
+    p.add_argument(
+        "--engine",
+        default="uvicorn",
+        choices=["uvicorn", "ray"],
+        help="uvicorn: this process; ray: a Ray Serve application, same API (default: uvicorn)",
+    )
+    g = p.add_argument_group("Ray Serve (--engine ray; needs mlsignal[ray])")
+    g.add_argument("--replicas", type=int, help="model replicas, fixed (default: 1)")
+    g.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale model replicas in MIN..MAX")
+    g.add_argument(
+        "--gpus-per-replica", type=float, help="GPUs per model replica, fractions allowed (0)"
+    )
+    g.add_argument("--cpus-per-replica", type=float, help="CPUs per model replica (default: 1)")
+    g.add_argument(
+        "--ingress-replicas", type=int, help="HTTP ingress replicas (features, fusion; 1)"
+    )
+    g.add_argument(
+        "--target-ongoing", type=float, help="autoscaling target of calls per replica (32)"
+    )
+    g.add_argument(
+        "--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: local"
+    )
+    g.add_argument("--ray-num-cpus", type=int, help="CPUs of a local Ray cluster (default: fit)")
+    g.add_argument("--app-name", help="Serve application name (default: mlsignal)")
+    g.add_argument("--route-prefix", help="URL prefix of the application (default: /)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -220,23 +249,62 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure model forward and enhance_signal on every backend and device here",
+        help="measure the model, enhance_signal and the server against baselines, on this machine",
         description="Median and p99 latency and windows/s of runtime.predict at several batch "
         "sizes and of enhance_signal, for torch and onnx on cpu and cuda (what is available), "
-        "with speedup_vs_torch_eager. Server load tests and plots are not in this version.",
+        "with speedup_vs_torch_eager and speedup_vs_onnx_default (ONNX Runtime, default "
+        "settings). Then `mlsignal serve` on loopback under a bounded load of our own "
+        "(single-client p50/p99, throughput with concurrent clients, JSON serialisation cost) "
+        "and LitServe serving the same model under the same load (speedup_vs_litserve). "
+        "--quick: batches 1, 16, 256 and small request counts (under 30 s on 2 cores).",
     )
     p.add_argument(
         "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
     )
-    p.add_argument("--quick", action="store_true", help="batches 1, 16, 256 and a short budget")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="batches 1, 16, 256, a short budget, few server requests, 16 clients only",
+    )
     p.add_argument("--batches", help="comma-separated batch sizes (default: 1,16,256,1024,4096)")
+    p.add_argument(
+        "--server",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="benchmark `mlsignal serve` on loopback (default: on)",
+    )
+    p.add_argument(
+        "--litserve",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="benchmark LitServe serving the same model under the same load (default: on)",
+    )
+    p.add_argument(
+        "--clients", help="concurrent clients of the throughput runs, comma-separated (16,64)"
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        help="requests per throughput run (default 2000, quick 100); the single-client run "
+        "sends a quarter of it (at least 20)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help="seconds at most per load run (default 60, quick 2.5)",
+    )
+    p.add_argument("--plot", metavar="FILE.png", help="write latency and windows/s vs batch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
 
 
 #: Subcommands that live in their own module: each module defines ``add_parser(sub)`` and keeps
 #: heavy imports inside its handler, so building the parser stays cheap.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "mlsignal.cli.evaluate",
+    "mlsignal.cli.live",
+    "mlsignal.cli.export_triton",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
