@@ -62,6 +62,14 @@ class BenchResult:
         return asdict(self)
 
 
+#: CUDA-graph paths (the default CUDA runtime, fused) and the precision each one runs in.
+GRAPH_PATHS: dict[str, str] = {
+    "torch+graphs": "fp32",
+    "torch+graphs+tf32": "tf32",
+    "torch+graphs+bf16": "bf16",
+}
+
+
 def available_paths() -> list[tuple[str, str]]:
     """(backend, device) pairs that can run here."""
     import importlib.util
@@ -72,7 +80,7 @@ def available_paths() -> list[tuple[str, str]]:
 
         paths.append(("torch", "cpu"))
         if torch.cuda.is_available():
-            paths += [("torch", "cuda"), ("torch+graphs", "cuda")]
+            paths += [(name, "cuda") for name in ("torch", *GRAPH_PATHS)]
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime as ort
 
@@ -115,16 +123,23 @@ def _row(what: str, backend: str, device: str, batch: int, t: Timing) -> dict[st
 
 
 def _load(bundle: Bundle, backend: str, device: str) -> Any:
+    """The runtime of one path, parity-gated. ``torch`` is always PyTorch eager (the brief's
+    plain approach), also on CUDA where ``load_runtime`` would pick the CUDA-graph runtime."""
     from mlsignal.runtime import load_runtime
+    from mlsignal.runtime.base import check_parity
 
-    if backend == "torch+graphs":
-        from mlsignal.runtime.base import check_parity
+    if backend in GRAPH_PATHS:
         from mlsignal.runtime.cuda_graph import CudaGraphRuntime
 
-        rt = CudaGraphRuntime(bundle, device)
-        check_parity(rt)
-        return rt
-    return load_runtime(bundle, device, backend)
+        rt: Any = CudaGraphRuntime(bundle, device, precision=GRAPH_PATHS[backend])
+    elif backend == "torch" and device != "cpu":
+        from mlsignal.runtime.torch_runtime import TorchRuntime
+
+        rt = TorchRuntime(bundle, device)
+    else:
+        return load_runtime(bundle, device, backend)
+    check_parity(rt)
+    return rt
 
 
 def bench_forward(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None:
@@ -148,10 +163,14 @@ def bench_enhance(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None
 
     bars = load_sample("sp500").iloc[-bundle.min_bars :]
     for backend, device in cfg.paths:
-        if backend == "torch+graphs":
-            continue  # the enhancer takes the fast path from ML_CUDA_GRAPHS; forward only here
+        if backend in GRAPH_PATHS and GRAPH_PATHS[backend] != "fp32":
+            continue  # reduced precision: forward rows only
         try:
-            enh = MLSignalEnhancer(bundle, device=device, backend=backend)
+            torch_path = backend in GRAPH_PATHS or backend == "torch"
+            kind = "torch" if torch_path else backend
+            enh = MLSignalEnhancer(bundle, device=device, backend=kind)
+            if torch_path and device != "cpu":  # eager or graphs, as the row says
+                enh.runtime = _load(bundle, backend, device)
         except MLSignalError as e:
             result.skipped.append(f"enhance {backend}/{device}: {e}")
             continue
@@ -219,12 +238,12 @@ def run_bench(bundle: Bundle, cfg: BenchConfig) -> BenchResult:
 
 def format_table(result: BenchResult) -> str:
     """A fixed-width table of the rows, then the server section."""
-    head = (f"{'what':<15}{'backend':<14}{'device':<8}{'batch':>6}{'median ms':>11}"
+    head = (f"{'what':<15}{'backend':<19}{'device':<8}{'batch':>6}{'median ms':>11}"
             f"{'p99 ms':>10}{'win/s':>12}{'vs torch':>10}{'vs onnx-def':>13}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in result.rows:
         lines.append(
-            f"{r['what']:<15}{r['backend']:<14}{r['device']:<8}{r['batch']:>6}"
+            f"{r['what']:<15}{r['backend']:<19}{r['device']:<8}{r['batch']:>6}"
             f"{r['median_ms']:>11.3f}{r['p99_ms']:>10.3f}{r['windows_per_s']:>12.0f}"
             f"{_times(r['speedup_vs_torch_eager']):>10}{_times(r['speedup_vs_onnx_default']):>13}"
         )
