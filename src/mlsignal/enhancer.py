@@ -14,14 +14,25 @@ server first; when it is slow, down, refuses the key or serves another model ver
 same call falls back to the local runtime (on CPU unless told otherwise), and to the raw
 rule scores if no model can run at all. ``ml_info["source"]`` says which
 (``remote``, ``local``, ``fallback``, ``rules``) and ``fallback_reason`` why.
+
+Streaming (local mode): a live loop that calls ``enhance_signal(df)`` with the previous
+call's bars plus one new bar, or calls ``enhance_bar(symbol, bar)`` with each closed bar,
+skips pandas, re-validation and the DataFrame features: the new bar alone is validated and
+the window comes from a :class:`~mlsignal.features.streaming.FeatureStream`. The results are
+the full path's, bit for bit (tests/unit/test_enhancer.py). ``enhance_signal`` takes the
+stream only when the last ``min_bars`` bars before the new one equal, bit for bit, the bars
+it holds (which were validated when they came); otherwise, and for any new bar that fails
+validation, it runs the full path, so its errors are the full path's. One difference: bars
+older than the last ``min_bars`` (which the model never sees) are not re-validated there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,11 +40,14 @@ import pandas as pd
 
 from mlsignal.bundle import Bundle, load_bundle
 from mlsignal.config import BUNDLE_ENV, Settings
-from mlsignal.errors import ConfigError, DataError, MLSignalError
+from mlsignal.data import BAR_COLUMNS
+from mlsignal.errors import ConfigError, DataError, InsufficientDataError, MLSignalError
+from mlsignal.features.streaming import BarLike, FeatureStream, FeatureStreams
 from mlsignal.inference import (
     Prepared,
     SignalRequest,
     SignalResult,
+    check_score,
     finish,
     prepare,
     prepare_trimmed,
@@ -64,6 +78,9 @@ class MLSignalEnhancer:
         local_fallback: in remote mode, load the local runtime at start (``eager``), on the
             first fallback (``lazy``), or never (``off``: fall back to rule scores).
         tls_verify: ``True``, ``False`` or a CA bundle path for ``https`` servers.
+        streaming: keep per-symbol feature streams for :meth:`enhance_bar` and for
+            ``enhance_signal`` calls that add one bar to the previous call's bars (local
+            mode). ``False``: every call takes the full path.
 
     Construction loads the bundle (and, unless remote-only, the weights with the parity
     gate), so a bad bundle or an unavailable device fails here, not on the first bar.
@@ -82,6 +99,7 @@ class MLSignalEnhancer:
         local_fallback: str = "eager",
         tls_verify: bool | str = True,
         settings: Settings | None = None,
+        streaming: bool = True,
     ) -> None:
         settings = settings or Settings.from_env()
         if local_fallback not in LOCAL_FALLBACK_CHOICES:
@@ -94,6 +112,11 @@ class MLSignalEnhancer:
         self._runtime_error: str | None = None
         self._local_allowed = not urls or local_fallback != "off"
         self._failing: str | None = None  # last local failure, for once-per-change logs
+        self._streaming = streaming
+        #: Per-symbol bars for :meth:`enhance_bar` (``min_bars`` kept per symbol).
+        self.streams = FeatureStreams(self.bundle.schema, capacity=self.bundle.min_bars)
+        self._follow = FeatureStream(self.bundle.schema, capacity=self.bundle.min_bars)
+        self._lock = threading.Lock()  # streams are state: one call at a time mutates them
         self.remote = (
             RemoteMode(
                 self.bundle,
@@ -147,8 +170,94 @@ class MLSignalEnhancer:
         :class:`~mlsignal.errors.DataError` naming the problem; a slow or dead server
         never raises: the call falls back and says so in ``ml_info``.
         """
-        (result,) = self.enhance_batch([SignalRequest("", df, ss, bs)])
+        t0 = time.perf_counter()
+        if self.remote is not None or not self._streaming:
+            (result,) = self.enhance_batch([SignalRequest("", df, ss, bs)])
+            return result.enhanced_ss, result.enhanced_bs, result.ml_info
+        with self._lock:
+            if self._follows(df):
+                p = _prepare_stream(self.bundle, "", self._follow, ss, bs)
+            else:
+                p = prepare(self.bundle, SignalRequest("", df, ss, bs))
+                self._follow.reset()  # hold what this call used, for the next call
+                self._follow.extend_valid(p.bars.index.asi8, p.bars.to_numpy(np.float64))  # type: ignore[union-attr]
+        (result,) = self._local([p], t0, "local", None)
         return result.enhanced_ss, result.enhanced_bs, result.ml_info
+
+    def enhance_bar(
+        self, symbol: str, bar: BarLike, ss: float | None = None, bs: float | None = None
+    ) -> tuple[float, float, dict[str, Any]]:
+        """Add one closed bar to ``symbol``'s stream and enhance it: ``enhance_signal`` for a
+        live loop that gets one bar at a time.
+
+        ``bar``: a mapping with ``timestamp, open, high, low, close, volume`` (or a
+        ``pd.Series`` named by its timestamp, or those 6 values in order). Only this bar is
+        validated; its timestamp must be later than the symbol's last. The stream needs
+        ``min_bars`` bars: :meth:`seed` it with history first (or feed that many bars; until
+        then this raises :class:`~mlsignal.errors.InsufficientDataError`, the bar is kept).
+        The result equals ``enhance_signal(bars)`` of the same bars.
+        """
+        (result,) = self.enhance_bars({symbol: bar}, {symbol: (ss, bs)})
+        return result.enhanced_ss, result.enhanced_bs, result.ml_info
+
+    def enhance_bars(
+        self,
+        bars: Mapping[str, BarLike],
+        scores: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> list[SignalResult]:
+        """:meth:`enhance_bar` for many symbols at once: one forward pass, results in order.
+
+        Every bar is validated before any is added, so a bad bar adds none (the error names
+        its symbol). ``scores`` maps a symbol to its ``(ss, bs)``; missing: rule scores.
+        """
+        t0 = time.perf_counter()
+        scores = scores or {}
+        with self._lock:
+            checked = [(sym, self.streams.stream(sym).check(bar)) for sym, bar in bars.items()]
+            for sym, (ns, values) in checked:
+                self.streams[sym].append_values(ns, *values)
+            items = [(sym, self.streams[sym], *scores.get(sym, (None, None))) for sym in bars]
+            if self.remote is not None:
+                reqs = [SignalRequest(sym, st.frame(), ss, bs) for sym, st, ss, bs in items]
+            else:
+                prepared = [_prepare_stream(self.bundle, *item) for item in items]
+        if self.remote is not None:
+            return self.enhance_batch(reqs)
+        return self._local(prepared, t0, "local", None)
+
+    def seed(self, symbol: str, bars: pd.DataFrame) -> None:
+        """Replace ``symbol``'s stream with the last ``min_bars`` of ``bars`` (history at
+        start-up, validated as a whole like ``enhance_signal``'s input)."""
+        with self._lock:
+            self.streams.seed(symbol, bars)
+
+    def _follows(self, df: Any) -> bool:
+        """Whether ``df`` is the follow stream's bars plus at most one new, valid bar (then
+        appended). Checks the last ``min_bars`` bars bit for bit; anything else: False."""
+        st = self._follow
+        cap = st.capacity
+        if len(st) < cap or not isinstance(df, pd.DataFrame) or len(df) < cap:
+            return False
+        index = df.index
+        if not isinstance(index, pd.DatetimeIndex) or index.tz is not None:
+            return False
+        if tuple(df.columns) != BAR_COLUMNS:
+            return False
+        values = df.to_numpy()
+        if values.dtype != np.float64:
+            return False
+        ts, n = index.asi8, len(df)
+        new = 0 if ts[-1] == st.last_ns else 1
+        if n < cap + new or not st.holds(
+            ts[n - new - cap : n - new], values[n - new - cap : n - new]
+        ):
+            return False
+        if new:
+            try:
+                st.append_values(int(ts[-1]), *values[-1].tolist())
+            except DataError:  # the full path raises it, worded as it words it
+                return False
+        return True
 
     def enhance_batch(self, requests: Sequence[SignalRequest]) -> list[SignalResult]:
         """Enhance many symbols in one call (one forward pass); results in request order."""
@@ -225,6 +334,39 @@ class MLSignalEnhancer:
             log.warning("model inference recovered on %s", rt.device)
             self._failing = None
         return out, None
+
+
+def _prepare_stream(
+    bundle: Bundle, symbol: str, stream: FeatureStream, ss: float | None, bs: float | None
+) -> Prepared:
+    """:func:`~mlsignal.inference.prepare` from a stream: the same numbers, no pandas."""
+    need = bundle.min_bars
+    who = f"{symbol}: " if symbol else ""
+    if len(stream) < need:
+        raise InsufficientDataError(
+            f"{who}{len(stream)} bars held; the model needs at least {need} "
+            f"(feature window {bundle.schema.window} + warm-up {bundle.schema.warmup}); "
+            "seed the symbol with history first"
+        )
+    try:
+        if ss is None or bs is None:
+            rule_ss, rule_bs = stream.rule_scores(k=need)
+            ss = rule_ss if ss is None else ss
+            bs = rule_bs if bs is None else bs
+        ss, bs = check_score(ss, "ss"), check_score(bs, "bs")
+    except DataError as e:
+        if not symbol:
+            raise
+        raise type(e)(f"{symbol}: {e}") from e
+    return Prepared(
+        symbol=symbol,
+        bars=None,
+        ss=ss,
+        bs=bs,
+        window=stream.window(),
+        close=stream.arrays(need)[3].copy(),
+        bar_ts=pd.Timestamp(stream.last_ns).isoformat(),
+    )
 
 
 def _load(bundle: str | os.PathLike[str] | Bundle | None) -> Bundle:

@@ -78,3 +78,16 @@ def test_auto_backend_is_torch_when_installed_and_explicit_values_pass():
     assert resolve_backend("onnx") == "onnx" and resolve_backend("TORCH") == "torch"
     with pytest.raises(ConfigError, match="'trt' is not a backend"):
         resolve_backend("trt")
+
+
+def test_auto_backend_rule():
+    from mlsignal.config import resolve_backend
+
+    cpu_gpu = "cpu" if not torch.cuda.is_available() else "cuda"
+    assert resolve_backend("auto", device="cpu", onnx_model=True) == "onnx"
+    assert resolve_backend("auto", device="cpu", onnx_model=False) == "torch"
+    # on CUDA the torch backend (CUDA graphs) stays the choice
+    expected = "onnx" if cpu_gpu == "cpu" else "torch"
+    assert resolve_backend("auto", device="auto", onnx_model=True) == expected
+    assert resolve_backend("torch", device="cpu", onnx_model=True) == "torch"
+    assert resolve_backend("onnx", device="cpu", onnx_model=False) == "onnx"

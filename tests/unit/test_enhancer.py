@@ -23,7 +23,13 @@ DESIGN_KEYS = {
 
 @pytest.fixture(scope="module")
 def enhancer(tiny_bundle):
-    return MLSignalEnhancer(tiny_bundle, device="cpu")
+    return MLSignalEnhancer(tiny_bundle, device="cpu", backend="torch")
+
+
+def test_auto_backend_on_cpu_is_onnx_when_the_bundle_has_model_onnx(tiny_bundle, monkeypatch):
+    monkeypatch.delenv("ML_INFERENCE_BACKEND", raising=False)
+    assert (tiny_bundle / "model.onnx").is_file()  # training exports it
+    assert MLSignalEnhancer(tiny_bundle, device="cpu").runtime.backend == "onnx"
 
 
 def test_enhance_signal_returns_bounded_scores_and_full_ml_info(enhancer, sp500_bars):
@@ -178,3 +184,82 @@ def test_onnx_backend_matches_torch(tiny_bundle, enhancer, sp500_bars):
 def test_unknown_backend_is_a_config_error(tiny_bundle):
     with pytest.raises(ConfigError, match="'tensorrt' is not a backend"):
         MLSignalEnhancer(tiny_bundle, device="cpu", backend="tensorrt")
+
+
+# --- streaming: enhance_signal on one more bar, enhance_bar ---------------------------------
+def _same(a, b):
+    """Two enhance results equal except for latency_ms."""
+    ia, ib = dict(a[2]), dict(b[2])
+    ia.pop("latency_ms"), ib.pop("latency_ms")
+    return a[:2] == b[:2] and ia == ib
+
+
+@pytest.fixture(scope="module")
+def full_path(tiny_bundle):
+    return MLSignalEnhancer(tiny_bundle, device="cpu", backend="torch", streaming=False)
+
+
+def test_streaming_enhance_signal_and_enhance_bar_equal_the_full_path(
+    tiny_bundle, full_path, sp500_bars
+):
+    live = MLSignalEnhancer(tiny_bundle, device="cpu", backend="torch")
+    bars_live = MLSignalEnhancer(tiny_bundle, device="cpu", backend="torch")
+    start = len(sp500_bars) - 120
+    bars_live.seed("SPX", sp500_bars.iloc[:start])
+    taken = 0
+    for t in range(start, len(sp500_bars)):
+        df = sp500_bars.iloc[t - 399 : t + 1]
+        ss, bs = (None, None) if t % 3 else (35.0, 65.0)  # rule scores and given scores
+        followed = live._follows(df) if t > start else False  # appends the bar when True
+        taken += followed
+        expected = full_path.enhance_signal(df, ss, bs)
+        assert _same(live.enhance_signal(df, ss, bs), expected), t
+        bar = sp500_bars.iloc[t]
+        assert _same(bars_live.enhance_bar("SPX", bar, ss, bs), expected), t
+    assert taken == 119  # every call after the first took the stream
+
+
+def test_enhance_signal_falls_back_to_the_full_path_when_bars_do_not_follow(
+    tiny_bundle, full_path, sp500_bars
+):
+    live = MLSignalEnhancer(tiny_bundle, device="cpu", backend="torch")
+    n = len(sp500_bars)
+    live.enhance_signal(sp500_bars.iloc[: n - 10], 30, 60)
+    same = sp500_bars.iloc[: n - 10]
+    assert live._follows(same)  # the same bars again: no new bar, the stream as it is
+    edited = sp500_bars.iloc[: n - 9].copy()
+    edited.iloc[-50, edited.columns.get_loc("volume")] += 1.0  # an old bar changed
+    assert not live._follows(edited)
+    assert not live._follows(sp500_bars.iloc[: n - 8])  # two new bars
+    assert not live._follows(sp500_bars.iloc[: n - 9].rename(columns=str.upper))  # raw frame
+    assert not live._follows(sp500_bars.iloc[: n - 9].astype({"volume": "float32"}))
+    for df in (edited, sp500_bars.iloc[: n - 7], sp500_bars.iloc[: n - 6]):
+        assert _same(live.enhance_signal(df, 30, 60), full_path.enhance_signal(df, 30, 60))
+
+
+def test_a_bad_new_bar_raises_the_full_paths_error(tiny_bundle, sp500_bars):
+    live = MLSignalEnhancer(tiny_bundle, device="cpu")
+    live.enhance_signal(sp500_bars.iloc[:-1], 30, 60)
+    bad = sp500_bars.copy()
+    bad.iloc[-1, bad.columns.get_loc("high")] = 1.0
+    with pytest.raises(PriceError, match=rf"^row {len(bad) - 1} \(2018-12-31 00:00:00\): high"):
+        live.enhance_signal(bad, 30, 60)
+
+
+def test_enhance_bar_errors_and_atomic_batches(tiny_bundle, sp500_bars):
+    live = MLSignalEnhancer(tiny_bundle, device="cpu")
+    live.seed("A", sp500_bars.iloc[:-2])
+    live.seed("B", sp500_bars.iloc[:-2])
+    with pytest.raises(InsufficientDataError, match=r"^C: 1 bars held; the model needs"):
+        live.enhance_bar("C", sp500_bars.iloc[0])
+    good, bad = sp500_bars.iloc[-2], sp500_bars.iloc[-2].copy()
+    bad["low"] = bad["high"] * 2
+    with pytest.raises(PriceError, match=r"^B: bar 2018-12-28 00:00:00: low"):
+        live.enhance_bars({"A": good, "B": bad})
+    assert live.streams["A"].last_timestamp == sp500_bars.index[-3]  # nothing was added
+    with pytest.raises(DataError, match=r"^A: ss must be"):
+        live.enhance_bar("A", good, ss=150.0)
+    results = live.enhance_bars({"A": sp500_bars.iloc[-1], "B": good}, {"B": (10.0, 20.0)})
+    assert [r.symbol for r in results] == ["A", "B"]
+    assert results[1].ml_info["rule_ss"] == 10.0
+    assert results[0].ml_info["bar_ts"] == "2018-12-31T00:00:00"

@@ -229,3 +229,32 @@ def test_reexport_is_idempotent(exported_copy):
     assert set(after.manifest["files"]) == set(before.manifest["files"])
     assert not list(exported_copy.glob(".*tmp*"))  # no temp files left behind
     assert check_parity(OnnxRuntime(after, "cpu")) < PARITY_ATOL
+
+
+def test_cpu_defaults_follow_the_cpus_this_process_may_use(runtimes, monkeypatch):
+    import os
+
+    from mlsignal.runtime.onnx_runtime import cpu_count
+
+    monkeypatch.delenv("ML_ONNX_INTRA_OP_THREADS", raising=False)
+    monkeypatch.delenv("ML_ONNX_INTER_OP_THREADS", raising=False)
+    opts = OnnxRuntime(runtimes[1].bundle, "cpu").session.get_session_options()
+    assert cpu_count() == len(os.sched_getaffinity(0))
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (cpu_count(), 1)
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert opts.enable_mem_pattern and opts.enable_cpu_mem_arena
+
+
+def test_auto_backend_takes_onnx_on_cpu_when_the_bundle_has_it(exported, monkeypatch):
+    from mlsignal.runtime import load_runtime
+    from mlsignal.runtime.base import _has_onnx
+
+    monkeypatch.delenv("ML_INFERENCE_BACKEND", raising=False)
+    bundle = load_bundle(exported)
+    assert _has_onnx(bundle)
+    assert load_runtime(bundle, "cpu", "auto").backend == "onnx"
+    assert load_runtime(bundle, "cpu", None).backend == "onnx"
+    # explicit choices are kept
+    assert load_runtime(bundle, "cpu", "torch").backend == "torch"
+    monkeypatch.setenv("ML_INFERENCE_BACKEND", "torch")
+    assert load_runtime(bundle, "cpu", None).backend == "torch"

@@ -17,6 +17,7 @@ from mlsignal.features.schema import (
     FEATURE_VERSION,
     FeatureSchema,
 )
+from mlsignal.features.streaming import FeatureStream, FeatureStreams
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -25,6 +26,8 @@ __all__ = [
     "FEATURE_VERSION",
     "INDICATOR_LOOKBACK",
     "FeatureSchema",
+    "FeatureStream",
+    "FeatureStreams",
     "compute_features",
     "feature_window",
     "feature_windows",

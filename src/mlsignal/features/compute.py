@@ -78,21 +78,25 @@ def _div(a: np.ndarray, b: np.ndarray, eps: float = _EPS) -> np.ndarray:
     return q
 
 
-def _rolling_mean_std(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Trailing mean and population std over ``w`` bars, NaN-padded to ``len(x)``.
+def _rolling_mean_std(x: np.ndarray, w: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing mean and population std over ``w`` bars at the last ``rows`` positions of
+    ``x`` (NaN where fewer than ``w`` bars exist; ``rows`` may exceed ``len(x)``).
 
     ``x`` must be contiguous float64. Two-pass (mean, then squared deviations) for accuracy.
+    Each window is reduced on its own, so the value at a bar does not depend on ``rows``.
     """
     n = len(x)
-    mean, std = np.full(n, np.nan), np.full(n, np.nan)
-    if n >= w:
-        # (n - w + 1, w) view of overlapping windows; built directly, it is much cheaper
-        # than sliding_window_view in the per-window loop.
-        win = np.ndarray((n - w + 1, w), dtype=np.float64, buffer=x, strides=(8, 8))
+    mean, std = np.full(rows, np.nan), np.full(rows, np.nan)
+    start = max(0, n - rows - w + 1)  # first input any of the last ``rows`` windows needs
+    k = n - start - w + 1  # windows computed
+    if k > 0:
+        # (k, w) view of overlapping windows; built directly, it is much cheaper than
+        # sliding_window_view in the per-window loop.
+        win = np.ndarray((k, w), dtype=np.float64, buffer=x, offset=8 * start, strides=(8, 8))
         m = np.add.reduce(win, axis=1) / w
         d = win - m[:, None]
-        mean[w - 1 :] = m
-        std[w - 1 :] = np.sqrt(np.add.reduce(d * d, axis=1) / w)
+        mean[rows - k :] = m
+        std[rows - k :] = np.sqrt(np.add.reduce(d * d, axis=1) / w)
     return mean, std
 
 
@@ -104,35 +108,43 @@ def _log_return(lc: np.ndarray, k: int) -> np.ndarray:
 
 
 # --- feature groups (inputs normalised by the first close; ATR14 passed in) ---------------
-def _macd(c: np.ndarray, atr: np.ndarray) -> dict[str, np.ndarray]:
+# Each group returns the last ``r`` rows only. Recursive indicators (TA-Lib's EMA, Wilder and
+# running-sum SMA) always run over the whole lookback; everything else is computed on the
+# bars the last ``r`` rows need, with the same element-wise operations, so every value is
+# the one the full computation gives at that bar.
+def _macd(c: np.ndarray, atr: np.ndarray, r: int) -> dict[str, np.ndarray]:
     line, signal, hist = talib.MACD(c, fastperiod=12, slowperiod=26, signalperiod=9)
     chg = np.full(len(c), np.nan)
     chg[1:] = hist[1:] - hist[:-1]
+    atr = atr[-r:]
     return {
-        "macd_atr": _div(line, atr),
-        "macd_signal_atr": _div(signal, atr),
-        "macd_hist_atr": _div(hist, atr),
-        "macd_hist_chg_atr": _div(chg, atr),
+        "macd_atr": _div(line[-r:], atr),
+        "macd_signal_atr": _div(signal[-r:], atr),
+        "macd_hist_atr": _div(hist[-r:], atr),
+        "macd_hist_chg_atr": _div(chg[-r:], atr),
     }
 
 
-def _oscillators(h: np.ndarray, low: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+def _oscillators(h: np.ndarray, low: np.ndarray, c: np.ndarray, r: int) -> dict[str, np.ndarray]:
     k, d = talib.STOCH(h, low, c, 9, 3, 0, 3, 0)  # KDJ 9/3/3 with SMA smoothing
+    k, d = k[-r:], d[-r:]
     j = 3.0 * k - 2.0 * d
+    plus, minus = talib.PLUS_DI(h, low, c, 14)[-r:], talib.MINUS_DI(h, low, c, 14)[-r:]
     return {
-        "rsi14": (talib.RSI(c, 14) - 50.0) / 50.0,
-        "rsi6": (talib.RSI(c, 6) - 50.0) / 50.0,
+        "rsi14": (talib.RSI(c, 14)[-r:] - 50.0) / 50.0,
+        "rsi6": (talib.RSI(c, 6)[-r:] - 50.0) / 50.0,
         "kdj_k": (k - 50.0) / 50.0,
         "kdj_d": (d - 50.0) / 50.0,
         "kdj_j": (j - 50.0) / 50.0,
-        "adx14": (talib.ADX(h, low, c, 14) - 50.0) / 50.0,
-        "di_diff14": (talib.PLUS_DI(h, low, c, 14) - talib.MINUS_DI(h, low, c, 14)) / 100.0,
+        "adx14": (talib.ADX(h, low, c, 14)[-r:] - 50.0) / 50.0,
+        "di_diff14": (plus - minus) / 100.0,
     }
 
 
-def _bands(h: np.ndarray, low: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
-    mid, std = _rolling_mean_std(c, 20)
-    hh, ll = talib.MAX(h, 20), talib.MIN(low, 20)
+def _bands(h: np.ndarray, low: np.ndarray, c: np.ndarray, r: int) -> dict[str, np.ndarray]:
+    mid, std = _rolling_mean_std(c, 20, r)
+    hh, ll = talib.MAX(h, 20)[-r:], talib.MIN(low, 20)[-r:]
+    c = c[-r:]
     return {
         # %B = (c - lower) / (upper - lower) with bands mid +- 2 std; 2 %B - 1 = (c - mid) / 2std
         "bb_pctb": _div(c - mid, 2.0 * std),
@@ -141,67 +153,81 @@ def _bands(h: np.ndarray, low: np.ndarray, c: np.ndarray) -> dict[str, np.ndarra
     }
 
 
-def _returns(c: np.ndarray) -> dict[str, np.ndarray]:
-    lc = np.log(c)
+def _returns(c: np.ndarray, r: int) -> dict[str, np.ndarray]:
+    s = max(0, len(c) - r - 20)  # ret_20 and rvol_20 look 20 bars back
+    lc = np.log(c[s:])
     r1 = _log_return(lc, 1)
-    out = {f"ret_{k}": _log_return(lc, k) for k in (1, 2, 5, 10, 20)}
-    for w in (10, 20):
-        rv = np.full(len(c), np.nan)
-        rv[1:] = _rolling_mean_std(r1[1:], w)[1]
-        out[f"rvol_{w}"] = rv
+    out = {f"ret_{k}": _log_return(lc, k)[-r:] for k in (1, 2, 5, 10, 20)}
+    for w in (10, 20):  # over r1[1:], as r1[0] has no previous bar (when s == 0)
+        out[f"rvol_{w}"] = _rolling_mean_std(r1[1:], w, r)[1]
     return out
 
 
-def _volume_z(v: np.ndarray) -> np.ndarray:
+def _volume_z(v: np.ndarray, r: int) -> np.ndarray:
+    s = max(0, len(v) - r - 19)  # the 20-bar z-score looks 19 bars back
     # math.fsum: exactly rounded, so the reference never depends on summation order.
     if not np.isfinite(v).all():
-        lv = v * np.nan  # a bad volume makes the feature undefined, reported downstream
+        lv = v[s:] * np.nan  # a bad volume makes the feature undefined, reported downstream
     else:
         ref = math.fsum(v.tolist()) / len(v)
-        lv = np.log1p(v / ref) if ref > 0 else np.zeros(len(v))
-    mean, std = _rolling_mean_std(lv, 20)
-    return _div(lv - mean, std, eps=_VOL_STD_EPS)
+        lv = np.log1p(v[s:] / ref) if ref > 0 else np.zeros(len(v) - s)
+    mean, std = _rolling_mean_std(lv, 20, r)
+    return _div(lv[-r:] - mean, std, eps=_VOL_STD_EPS)
 
 
 def _shape(
-    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, atr: np.ndarray
+    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, atr: np.ndarray, r: int
 ) -> dict[str, np.ndarray]:
+    sma20, sma50 = talib.SMA(c, 20)[-r:], talib.SMA(c, 50)[-r:]
+    h, low, c, atr = h[-r:], low[-r:], c[-r:], atr[-r:]
     return {
         "bar_clv": _div(2.0 * c - h - low, h - low),
         "body_atr": _div(c - o, atr),
         "upper_shadow_atr": _div(h - np.maximum(o, c), atr),
         "lower_shadow_atr": _div(np.minimum(o, c) - low, atr),
-        "close_sma20_atr": _div(c - talib.SMA(c, 20), atr),
-        "close_sma50_atr": _div(c - talib.SMA(c, 50), atr),
+        "close_sma20_atr": _div(c - sma20, atr),
+        "close_sma50_atr": _div(c - sma50, atr),
     }
 
 
 def _feature_matrix(
-    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray
+    o: np.ndarray,
+    h: np.ndarray,
+    low: np.ndarray,
+    c: np.ndarray,
+    v: np.ndarray,
+    rows: int | None = None,
 ) -> np.ndarray:
-    """The (n, F) float64 feature matrix of one run of bars, clipped, NaN in the warm-up."""
+    """The (n, F) float64 feature matrix of one run of bars, clipped, NaN in the warm-up.
+
+    With ``rows``, only its last ``rows`` rows ``(rows, F)``: the same values, less work (a
+    window needs its last ``schema.window`` rows of the ``schema.lookback`` bars).
+    """
+    n = len(c)
+    r = n if rows is None else min(int(rows), n)
     ref = c[0]
-    o, h, low, c = o / ref, h / ref, low / ref, c / ref  # fresh arrays, close[0] == 1
+    # fresh arrays, close[0] == 1; open is only used element-wise, on the last r bars
+    o, h, low, c = o[n - r :] / ref, h / ref, low / ref, c / ref
     with np.errstate(all="ignore"):  # 0/0 and log(<=0) become NaN/0 on purpose (see _div)
-        cols = _columns(o, h, low, c, v)
-    m = np.empty((len(c), len(FEATURE_NAMES)))
+        cols = _columns(o, h, low, c, v, r)
+    m = np.empty((r, len(FEATURE_NAMES)))
     for i, name in enumerate(FEATURE_NAMES):
         m[:, i] = cols[name]
     return np.clip(m, -FEATURE_CLIP, FEATURE_CLIP, out=m)
 
 
 def _columns(
-    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray
+    o: np.ndarray, h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray, r: int
 ) -> dict[str, np.ndarray]:
     atr = talib.ATR(h, low, c, 14)
     return {
-        **_macd(c, atr),
-        **_oscillators(h, low, c),
-        "natr14": _div(atr, c),
-        **_bands(h, low, c),
-        **_returns(c),
-        "vol_z20": _volume_z(v),
-        **_shape(o, h, low, c, atr),
+        **_macd(c, atr, r),
+        **_oscillators(h, low, c, r),
+        "natr14": _div(atr[-r:], c[-r:]),
+        **_bands(h, low, c, r),
+        **_returns(c, r),
+        "vol_z20": _volume_z(v, r),
+        **_shape(o, h, low, c, atr, r),
     }
 
 
@@ -293,7 +319,7 @@ def feature_windows(
     out = np.empty((ends.size, t, len(FEATURE_NAMES)), dtype=np.float32)
     for i, e in enumerate(ends.tolist()):
         s = e - lb + 1
-        m = _feature_matrix(o[s : e + 1], h[s : e + 1], low[s : e + 1], c[s : e + 1], v[s : e + 1])
-        out[i] = m[-t:]
+        sl = slice(s, e + 1)
+        out[i] = _feature_matrix(o[sl], h[sl], low[sl], c[sl], v[sl], rows=t)
     _check_finite(out, bars, ends)
     return out

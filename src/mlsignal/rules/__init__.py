@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from mlsignal.rules.macd import RuleConfig, last_rule_scores, rule_components, rule_scores
+from mlsignal.rules.macd import (
+    RuleConfig,
+    last_rule_scores,
+    last_score,
+    rule_components,
+    rule_scores,
+    score_arrays,
+)
 
-__all__ = ["RuleConfig", "last_rule_scores", "rule_components", "rule_scores"]
+__all__ = [
+    "RuleConfig",
+    "last_rule_scores",
+    "last_score",
+    "rule_components",
+    "rule_scores",
+    "score_arrays",
+]

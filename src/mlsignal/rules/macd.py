@@ -117,12 +117,44 @@ def _crosses(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _ramp(x: np.ndarray, zero: float, one: float) -> np.ndarray:
     """Linear 0 at ``zero`` to 1 at ``one``, clipped; NaN -> 0."""
-    return np.nan_to_num(np.clip((x - zero) / (one - zero), 0.0, 1.0))
+    return _nan_to_zero(np.clip((x - zero) / (one - zero), 0.0, 1.0))
 
 
-def _macd_parts(c: np.ndarray, atr: np.ndarray, cfg: RuleConfig) -> dict[str, tuple]:
+def _nan_to_zero(x: np.ndarray) -> np.ndarray:
+    """``np.nan_to_num`` for arrays with no infinities, in place: a fraction of its cost."""
+    x[np.isnan(x)] = 0.0
+    return x
+
+
+def _indicators(h: np.ndarray, low: np.ndarray, c: np.ndarray, cfg: RuleConfig) -> dict:
+    """The recursive indicators (TA-Lib), over every bar: they depend on where bars start."""
+    if len(c) == 0:
+        raise InsufficientDataError("got 0 bars; rule scores need at least one")
+    ref = c[0]
+    h, low, c = h / ref, low / ref, c / ref  # scale-free; keeps TA-Lib's 1e-8 epsilons away
     line, signal, hist = talib.MACD(c, cfg.macd_fast, cfg.macd_slow, cfg.macd_signal)
-    up, down = _crosses(line, signal)
+    k, d = talib.STOCH(h, low, c, cfg.kdj_period, cfg.kdj_k_smooth, 0, cfg.kdj_d_smooth, 0)
+    return {
+        "c": c,
+        "atr": talib.ATR(h, low, c, cfg.atr_period),
+        "line": line,
+        "signal": signal,
+        "hist": hist,
+        "rsi": talib.RSI(c, cfg.rsi_period),
+        "k": k,
+        "d": d,
+        "sma": talib.SMA(c, cfg.trend_period),
+    }
+
+
+def _last_rows(cfg: RuleConfig) -> int:
+    """Bars of indicators the components of the last bar look at (crosses need one more)."""
+    return max(2, cfg.cross_decay_bars + 1, cfg.kdj_cross_decay_bars + 1, cfg.divergence_lookback)
+
+
+def _macd_parts(ind: dict, cfg: RuleConfig) -> dict[str, tuple]:
+    c, atr, hist = ind["c"], ind["atr"], ind["hist"]
+    up, down = _crosses(ind["line"], ind["signal"])
     chg = np.full(len(c), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         chg[1:] = np.where(atr[1:] > _EPS, (hist[1:] - hist[:-1]) / atr[1:], 0.0)
@@ -150,9 +182,8 @@ def _divergence(c: np.ndarray, hist: np.ndarray, lookback: int, recent: int) -> 
     return bull, bear
 
 
-def _confirm_parts(h: np.ndarray, low: np.ndarray, c: np.ndarray, cfg: RuleConfig) -> dict:
-    rsi = talib.RSI(c, cfg.rsi_period)
-    k, d = talib.STOCH(h, low, c, cfg.kdj_period, cfg.kdj_k_smooth, 0, cfg.kdj_d_smooth, 0)
+def _confirm_parts(ind: dict, cfg: RuleConfig) -> dict:
+    rsi, k, d = ind["rsi"], ind["k"], ind["d"]
     j = 3.0 * k - 2.0 * d
     up, down = _crosses(k, d)
     decay = cfg.kdj_cross_decay_bars
@@ -169,13 +200,24 @@ def _confirm_parts(h: np.ndarray, low: np.ndarray, c: np.ndarray, cfg: RuleConfi
 def _components(bars: Bars, cfg: RuleConfig) -> tuple[dict[str, tuple], np.ndarray]:
     """Component strengths and the trend sign (+1 above the trend SMA, -1 below, 0 unknown)."""
     _, h, low, c, _ = ohlcv_arrays(bars)
-    if len(c) == 0:
-        raise InsufficientDataError("got 0 bars; rule scores need at least one")
-    ref = c[0]
-    h, low, c = h / ref, low / ref, c / ref  # scale-free; keeps TA-Lib's 1e-8 epsilons away
-    atr = talib.ATR(h, low, c, cfg.atr_period)
-    parts = {**_macd_parts(c, atr, cfg), **_confirm_parts(h, low, c, cfg)}
-    trend = np.nan_to_num(np.sign(c - talib.SMA(c, cfg.trend_period)))
+    return _components_hlc(h, low, c, cfg)
+
+
+def _components_hlc(
+    h: np.ndarray, low: np.ndarray, c: np.ndarray, cfg: RuleConfig, tail: int | None = None
+) -> tuple[dict[str, tuple], np.ndarray]:
+    """:func:`_components` on float64 high, low, close arrays (not modified).
+
+    With ``tail``, the components of the last ``tail`` bars only: the indicators still run
+    over every bar; the components, which look back at most :func:`_last_rows` bars, then
+    run on the indicators' last ``tail`` bars with the same element-wise code, so their
+    last ``tail - _last_rows + 1`` values are the full computation's, bit for bit.
+    """
+    ind = _indicators(h, low, c, cfg)
+    if tail is not None:
+        ind = {name: x[-tail:] for name, x in ind.items()}
+    parts = {**_macd_parts(ind, cfg), **_confirm_parts(ind, cfg)}
+    trend = _nan_to_zero(np.sign(ind["c"] - ind["sma"]))
     return parts, trend
 
 
@@ -199,21 +241,52 @@ def rule_scores(bars: Bars, config: RuleConfig = RuleConfig()) -> pd.DataFrame:
     ``bars``: canonical OHLCV DataFrame (or ``(n, 5)`` array); the result has its index.
     Components add 0 while their indicators warm up (MACD: the first 33 bars), never NaN.
     """
-    parts, trend = _components(bars, config)
-    n = len(trend)
+    _, h, low, c, _ = ohlcv_arrays(bars)
+    ss, bs = score_arrays(h, low, c, config)
+    return pd.DataFrame({"ss": ss, "bs": bs}, index=_index(bars))
+
+
+def score_arrays(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, config: RuleConfig = RuleConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rule_scores` without pandas: float64 arrays ``(ss, bs)`` from price arrays.
+
+    The very code :func:`rule_scores` runs, so the values are the same bit for bit. Used by
+    the streaming path (:mod:`mlsignal.features.streaming`), which holds bars as arrays.
+    """
+    return _scores(high, low, close, config)
+
+
+def _scores(
+    h: np.ndarray, low: np.ndarray, c: np.ndarray, config: RuleConfig, tail: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    parts, trend = _components_hlc(h, low, c, config, tail)
+    n, weights = len(trend), config.weights
     bs, ss = np.zeros(n), np.zeros(n)
     for name, (buy, sell) in parts.items():
-        bs += config.weights[name] * buy
-        ss += config.weights[name] * sell
+        bs += weights[name] * buy
+        ss += weights[name] * sell
     bs[trend < 0] *= config.counter_trend_factor
     ss[trend > 0] *= config.counter_trend_factor
-    return pd.DataFrame({"ss": np.clip(ss, 0, 100), "bs": np.clip(bs, 0, 100)}, index=_index(bars))
+    return np.clip(ss, 0, 100), np.clip(bs, 0, 100)
 
 
 def last_rule_scores(bars: Bars, config: RuleConfig = RuleConfig()) -> tuple[float, float]:
     """``(ss, bs)`` of the last bar, each in 0..100."""
-    scores = rule_scores(bars, config)
-    return float(scores["ss"].iat[-1]), float(scores["bs"].iat[-1])
+    _, h, low, c, _ = ohlcv_arrays(bars)
+    return last_score(h, low, c, config)
+
+
+def last_score(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, config: RuleConfig = RuleConfig()
+) -> tuple[float, float]:
+    """:func:`last_rule_scores` from price arrays, without pandas.
+
+    Computes the components of the last bars only (the indicators over every bar), so the
+    cost is the TA-Lib passes plus a constant; equal bit for bit to ``score_arrays(...)[-1]``.
+    """
+    ss, bs = _scores(high, low, close, config, tail=_last_rows(config))
+    return float(ss[-1]), float(bs[-1])
 
 
 def _index(bars: Bars) -> pd.Index:

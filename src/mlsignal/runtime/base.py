@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from mlsignal.bundle import GOLDEN_FILE, Bundle
 from mlsignal.config import resolve_backend
-from mlsignal.errors import FeatureSchemaError, ParityError
+from mlsignal.errors import ConfigError, FeatureSchemaError, ParityError
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,12 @@ log = logging.getLogger(__name__)
 OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
 #: float32 tolerance on ``bull_prob`` between backends and devices.
 PARITY_ATOL = 1e-5
-#: Opt-in switch for the CUDA-graph fast path of the torch backend.
+#: Switch for the CUDA-graph fast path of the torch backend on CUDA (``0`` turns it off).
 CUDA_GRAPHS_ENV = "ML_CUDA_GRAPHS"
+#: Whether CUDA graphs are used on CUDA when ``ML_CUDA_GRAPHS`` is unset.
+CUDA_GRAPHS_DEFAULT = True
+#: Precision of the CUDA-graph path: fp32 (default), tf32 or bf16.
+GPU_PRECISION_ENV = "ML_GPU_PRECISION"
 
 
 @runtime_checkable
@@ -56,11 +61,14 @@ def check_windows(windows: np.ndarray, bundle: Bundle) -> np.ndarray:
     return arr
 
 
-def check_parity(runtime: Runtime, atol: float = PARITY_ATOL) -> float:
+def check_parity(runtime: Runtime, atol: float | None = None) -> float:
     """Run the bundle's golden inputs; raise :class:`ParityError` beyond ``atol``.
 
-    Returns the worst absolute difference on ``bull_prob``.
+    ``atol`` defaults to the runtime's ``parity_atol`` (reduced GPU precision) or
+    :data:`PARITY_ATOL`. Returns the worst absolute difference on ``bull_prob``.
     """
+    if atol is None:
+        atol = getattr(runtime, "parity_atol", PARITY_ATOL)
     with np.load(runtime.bundle.file(GOLDEN_FILE)) as golden:
         inputs, expected = golden["inputs"], golden["expected"]
     got = runtime.predict(inputs)
@@ -95,11 +103,13 @@ def load_runtime(
     """Load ``bundle`` on ``device`` (auto, cpu, cuda, cuda:N) with ``backend``.
 
     ``backend`` is ``torch``, ``onnx`` or ``auto``/``None`` (``ML_INFERENCE_BACKEND``, else
-    torch when installed, else onnx). The thread counts apply to ONNX Runtime. With
+    auto: onnx on the CPU when the bundle has ``model.onnx``, else torch when installed, else
+    onnx; see :func:`mlsignal.config.resolve_backend`). The thread counts apply to ONNX
+    Runtime. With
     ``verify`` (the default) the golden parity check runs before the runtime is returned, so
     a runtime that drifts never serves.
     """
-    kind = resolve_backend(backend)
+    kind = resolve_backend(backend, device=device, onnx_model=_has_onnx(bundle))
     if kind == "onnx":
         from mlsignal.runtime.onnx_runtime import OnnxRuntime
 
@@ -107,7 +117,8 @@ def load_runtime(
     elif _cuda_graphs_wanted(device):
         from mlsignal.runtime.cuda_graph import CudaGraphRuntime
 
-        runtime = CudaGraphRuntime(bundle, device)
+        precision = os.environ.get(GPU_PRECISION_ENV, "") or "fp32"
+        runtime = CudaGraphRuntime(bundle, device, precision=precision)
     else:
         from mlsignal.runtime.torch_runtime import TorchRuntime
 
@@ -117,11 +128,22 @@ def load_runtime(
     return runtime
 
 
-def _cuda_graphs_wanted(device: str | None) -> bool:
-    """``ML_CUDA_GRAPHS=1`` and the device resolves to CUDA (opt-in while it is measured)."""
-    import os
+def _has_onnx(bundle: Bundle) -> bool:
+    """Whether the bundle records a ``model.onnx`` (its hash is checked when it is read).
 
-    if os.environ.get(CUDA_GRAPHS_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
+    The name is onnx_runtime.ONNX_FILE, spelt out: that module imports onnxruntime.
+    """
+    return "model.onnx" in bundle.manifest.get("files", {})
+
+
+def _cuda_graphs_wanted(device: str | None) -> bool:
+    """The device resolves to CUDA and ``ML_CUDA_GRAPHS`` is on (default: CUDA_GRAPHS_DEFAULT)."""
+    value = os.environ.get(CUDA_GRAPHS_ENV, "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value not in ("", "1", "true", "yes", "on"):
+        raise ConfigError(f"{CUDA_GRAPHS_ENV}={value!r}: use 1 or 0")
+    if not value and not CUDA_GRAPHS_DEFAULT:
         return False
     from mlsignal.config import resolve_device
 
