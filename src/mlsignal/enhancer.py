@@ -125,6 +125,7 @@ class MLSignalEnhancer:
                 timeout_s=timeout_s if timeout_s is not None else settings.timeout_s,
                 accept_mismatch=accept_version_mismatch,
                 tls_verify=tls_verify,
+                settings=settings,
             )
             if urls
             else None

@@ -120,7 +120,8 @@ def test_same_api_health_models_and_keys(ray_srv, http, tiny_bundle, sp500_bars)
         bundle.contract_hash,
         bundle.model_version,
     )
-    assert (doc["device"], doc["backend"], doc["ready"]) == ("cpu", "torch", True)
+    # the same auto rule as `mlsignal serve`: onnx on the CPU when the bundle has model.onnx
+    assert (doc["device"], doc["backend"], doc["ready"]) == ("cpu", "onnx", True)
     assert doc["parity_checked"] is True and doc["parity_worst_diff"] <= 1e-5
     assert len(replica_pids()) == 2
     body = wire.dumps({"symbols": [{"symbol": "X", "bars": wire.encode_bars(sp500_bars[-300:])}]})

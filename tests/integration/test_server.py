@@ -86,7 +86,8 @@ def test_readyz_healthz_and_models(srv, http, tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     assert doc["contract_hash"] == bundle.contract_hash
     assert doc["model_version"] == bundle.model_version
-    assert (doc["device"], doc["backend"]) == ("cpu", "torch")
+    # auto on the CPU: onnx, since the bundle has model.onnx (config.resolve_backend)
+    assert (doc["device"], doc["backend"]) == ("cpu", "onnx")
     assert doc["schema"]["window"] == 64 and len(doc["schema"]["features"]) == 29
     assert doc["min_bars"] == bundle.min_bars and doc["warmed_up"] is True
     assert doc["parity_worst_diff"] <= 1e-5 and doc["loaded_at"].endswith("Z")
@@ -260,7 +261,7 @@ def test_metrics_after_traffic(srv, http):
         'mlsignal_errors_total{kind="invalid"}',
         'mlsignal_errors_total{kind="too_large"}',
         'mlsignal_errors_total{kind="version_mismatch"}',
-        'mlsignal_model_info{backend="torch",contract_hash="',
+        'mlsignal_model_info{backend="onnx",contract_hash="',
     ):
         assert series in text, series
 

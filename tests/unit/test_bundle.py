@@ -96,7 +96,9 @@ def test_parity_gate_refuses_drift(bundle_copy):
     np.savez(bundle_copy / "golden.npz", inputs=inputs, expected=expected)
     resign(bundle_copy)
     with pytest.raises(ParityError, match=r"torch on cpu drifts .*\(bull_prob 0\.001\)"):
-        load_runtime(load_bundle(bundle_copy), "cpu")
+        load_runtime(load_bundle(bundle_copy), "cpu", "torch")
+    with pytest.raises(ParityError, match=r"onnx on cpu drifts .*\(bull_prob 0\.001\)"):
+        load_runtime(load_bundle(bundle_copy), "cpu", "onnx")
 
 
 def _writers(src: Path, fail_on: str | None = None):

@@ -95,15 +95,18 @@ def _nvidia_report(nvidia: NvidiaInfo | None) -> dict[str, Any]:
     }
 
 
-def pick(device: str | None, backend: str | None) -> tuple[str, str]:
+def pick(device: str | None, backend: str | None, onnx_model: bool = True) -> tuple[str, str]:
     """(backend, device) that a runtime would use for these settings (``None``: the env).
+
+    ``onnx_model``: whether the bundle has ``model.onnx`` (``mlsignal train`` writes one
+    when onnx is installed); ``auto`` then picks onnx on the CPU.
 
     Uses the same public resolvers as the runtimes (:func:`mlsignal.config.resolve_backend`,
     then the device resolver of that backend), so doctor never second-guesses them.
     """
     from mlsignal.config import resolve_backend, resolve_device
 
-    chosen = resolve_backend(backend)
+    chosen = resolve_backend(backend, device=device, onnx_model=onnx_model)
     if chosen == "onnx":
         from mlsignal.runtime.onnx_runtime import resolve_onnx_device
 

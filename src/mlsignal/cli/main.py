@@ -175,8 +175,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-wait-ms",
         type=float,
-        default=2.0,
-        help="longest wait to fill a batch (default: %(default)s)",
+        default=0.0,
+        help="longest wait to fill a batch when several requests wait for an idle model; "
+        "requests arriving while a batch runs always join the next one (default: %(default)s)",
     )
     p.add_argument(
         "--max-queue",

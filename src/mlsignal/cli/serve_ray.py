@@ -130,12 +130,22 @@ def _http_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _wait_for_stop() -> None:
+def _stop_on_signals() -> tuple[threading.Event, dict[int, Any]]:
+    """An event set by SIGTERM/SIGINT, and the handlers it replaced.
+
+    Installed right after Ray starts (Ray's driver installs its own SIGTERM handler, which
+    dumps a stack and aborts) and before the deployment, so a stop that arrives while the
+    replicas are still loading still ends in a clean shutdown.
+    """
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda signum, frame: stop.set())
         for sig in (signal.SIGTERM, signal.SIGINT)
     }
+    return stop, previous
+
+
+def _wait_for_stop(stop: threading.Event, previous: dict[int, Any]) -> None:
     try:
         while not stop.wait(1.0):
             pass
@@ -154,6 +164,7 @@ def serve_ray(args: argparse.Namespace) -> int:
     from mlsignal.bundle import load_bundle
     from mlsignal.cli.serve import server_config
     from mlsignal.config import Settings, resolve_backend
+    from mlsignal.runtime.base import has_onnx_model
     from mlsignal.server.auth import check_bind, load_keys
     from mlsignal.server.ray_engine import build_app
 
@@ -163,12 +174,16 @@ def serve_ray(args: argparse.Namespace) -> int:
     options = ray_options(args)
     settings = Settings.from_env()
     device = replica_device(args, options.gpus_per_replica, settings.device)
-    backend = resolve_backend(args.backend or settings.backend)
     http = _http_options(args)
     bundle = load_bundle(args.bundle)  # fail here, in one line, before starting Ray
+    # The same rule as `mlsignal serve` (load_runtime): onnx on CPU when the bundle has it.
+    backend = resolve_backend(
+        args.backend or settings.backend, device=device, onnx_model=has_onnx_model(bundle)
+    )
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
     started = _start_ray(args, options)
+    stop, previous = _stop_on_signals()
     try:
         serve.start(http_options=http)
         app = build_app(args.bundle, config, options, device, backend)
@@ -188,7 +203,7 @@ def serve_ray(args: argparse.Namespace) -> int:
             options.autoscale or options.replicas, options.gpus_per_replica, device, backend,
             bundle.model_version, bundle.contract_hash, "on" if keys else "off",
         )  # fmt: skip
-        _wait_for_stop()
+        _wait_for_stop(stop, previous)
         log.info("stopping: deleting the Ray Serve application %s", options.app_name)
     finally:
         _shutdown(started, options.app_name)

@@ -7,6 +7,12 @@ is never retried on the same server; a 4xx is final. All of it runs inside one d
 ``timeout_s``. Every failure reaches the caller as a :class:`~mlsignal.errors.RemoteError`
 whose message is a short reason for ``ml_info["fallback_reason"]``, with ``attempts`` and
 ``endpoint`` attributes. The API key never appears in a message or a log line.
+
+``protocol`` (``GPU_INFERENCE_PROTOCOL``) picks what an enhance call sends: bars to
+``/v1/enhance`` (``mlsignal``), feature windows to a V2 server's ``infer`` (``v2``), or, per
+endpoint, whichever the server speaks (``auto``); :mod:`mlsignal.client.v2` has the details.
+Probes and metadata reads at first contact run inside the same call's deadline, and their
+failures count against the endpoint like any other.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import httpx
 import numpy as np
 
 from mlsignal import wire
+from mlsignal.client import v2
 from mlsignal.client.breaker import BreakerConfig, CircuitBreaker
 from mlsignal.client.endpoints import (
     base_url,
@@ -52,15 +59,32 @@ class RemoteReply:
     endpoint: str  # base URL that answered
     attempts: int  # HTTP attempts made (1: the first try succeeded)
     latency_ms: float  # wall time of the whole call, retries and backoff included
+    #: ``mlsignal``: ``doc`` is the server's JSON. ``v2``: ``doc`` holds ``outputs`` (float32
+    #: ``(B, 3)``: p_lstm, p_tft, bull_prob), ``model_name``, ``model_version``,
+    #: ``platform``, ``matched`` (how the version was checked) and ``served``.
+    protocol: str = "mlsignal"
 
 
 class _EndpointFailure(Exception):
     """An attempt failed in a way that counts against the endpoint's circuit."""
 
-    def __init__(self, reason: str, transient: bool) -> None:
+    def __init__(self, reason: str, transient: bool, status: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient  # worth retrying on the same endpoint
+        self.status = status  # the HTTP status that failed (0: no answer, or a broken one)
+
+
+@dataclass(frozen=True)
+class _Send:
+    """What one attempt sends to an endpoint."""
+
+    method: str
+    path: str
+    body: bytes | None
+    cap_ms: float = 0.0  # cap on deadline_ms (0: none is sent)
+    target: v2.V2Target | None = None  # set for a V2 infer
+    n: int = 0  # windows sent to a V2 infer
 
 
 @dataclass
@@ -92,6 +116,9 @@ class RemoteClient:
         transport: an httpx transport (tests use ``httpx.MockTransport``).
         rng: the random source of backoff jitter.
         sleep: how to pause before a same-endpoint retry.
+        protocol: ``mlsignal``, ``v2`` or ``auto`` (see the module docstring); the default
+            here is ``mlsignal``, :meth:`from_settings` passes ``GPU_INFERENCE_PROTOCOL``.
+        model_name: the V2 model name (``GPU_INFERENCE_MODEL_NAME``, default ``mlsignal``).
     """
 
     def __init__(
@@ -108,8 +135,13 @@ class RemoteClient:
         transport: httpx.BaseTransport | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        protocol: str = "mlsignal",
+        model_name: str = v2.DEFAULT_MODEL_NAME,
     ) -> None:
         self.urls = check_urls(urls)
+        self.protocol = v2.check_protocol(protocol)
+        self.model_name = v2.check_model_name(model_name)
+        self._known: dict[str, str | v2.V2Target] = {}  # url -> what it speaks, once learnt
         if not (isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf):
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.timeout_s = float(timeout_s)
@@ -132,7 +164,9 @@ class RemoteClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RemoteClient:
-        """A client for ``GPU_INFERENCE_API_URL``/``_KEY``/``_TIMEOUT`` as read into settings."""
+        """A client for ``GPU_INFERENCE_API_URL``/``_KEY``/``_TIMEOUT``/``_PROTOCOL``/
+        ``_MODEL_NAME`` as read into settings."""
+        kwargs = {"protocol": settings.protocol, "model_name": settings.model_name, **kwargs}
         return cls(
             settings.api_urls, api_key=settings.api_key, timeout_s=settings.timeout_s, **kwargs
         )
@@ -142,9 +176,37 @@ class RemoteClient:
         """True when calls pin the server's model to ``contract_hash``."""
         return self.contract_hash is not None and not self.accept_mismatch
 
-    def enhance(self, body: dict[str, Any]) -> RemoteReply:
-        """``POST /v1/enhance`` with ``body`` (not mutated), the pin and ``deadline_ms``."""
-        return self._call("POST", "/v1/enhance", self._pin(dict(body)), send_deadline=True)
+    def enhance(
+        self, body: dict[str, Any] | None, windows: Callable[[], np.ndarray] | None = None
+    ) -> RemoteReply:
+        """``POST /v1/enhance`` with ``body`` (not mutated), the pin and ``deadline_ms``.
+
+        With protocol ``v2``, or ``auto`` and an endpoint that speaks only V2, the same
+        requests' feature windows (``windows()``, called at most once) go to that endpoint's
+        V2 ``infer`` instead and the reply's ``protocol`` is ``v2``; an endpoint that needs
+        windows when none are given is an error. ``body`` may be ``None`` with ``v2``.
+        """
+        if self.protocol == "mlsignal":
+            if body is None:
+                raise self._fail(
+                    RemoteError, "enhance needs a body with protocol mlsignal", 0, None
+                )
+            return self._call("POST", "/v1/enhance", self._pin(dict(body)), send_deadline=True)
+        return self._routed(body, windows)
+
+    def infer(self, windows: np.ndarray) -> RemoteReply:
+        """V2 ``infer`` of feature windows ``(B, T, F)`` at any endpoint (whatever
+        ``protocol`` says): the model checked and pinned as for an enhance call."""
+        return self._routed(None, lambda: windows)
+
+    def endpoint_protocols(self) -> dict[str, str]:
+        """URL -> what it was found to speak (``mlsignal``, ``v2``) or ``unknown`` (not yet
+        asked, or forgotten after a failure)."""
+        found = {u: self._known.get(u) for u in self.urls}
+        return {
+            u: "unknown" if k is None else k if isinstance(k, str) else "v2"
+            for u, k in found.items()
+        }
 
     def predict(self, windows: np.ndarray) -> RemoteReply:
         """``POST /v1/predict`` with feature windows ``(B, T, F)``."""
@@ -193,10 +255,23 @@ class RemoteClient:
         check_pin: bool = True,
         only: str | None = None,
     ) -> RemoteReply:
-        run = _Run(Deadline(self.timeout_s, self._clock), (only,) if only else self.urls, not only)
+        deadline = Deadline(self.timeout_s, self._clock)
         if self._closed:
             raise self._fail(RemoteError, "remote client is closed", 0, None)
-        body, cap_ms = self._encode(doc, send_deadline)
+        send = _Send(method, path, *self._encode(doc, send_deadline))
+        return self._run(lambda url, dl: send, deadline, check_pin=check_pin, only=only)
+
+    def _run(
+        self,
+        route: Callable[[str, Deadline], _Send],
+        deadline: Deadline,
+        *,
+        check_pin: bool = True,
+        only: str | None = None,
+    ) -> RemoteReply:
+        """Attempts, fail-over and backoff inside ``deadline``; ``route(url, deadline)`` says
+        what to send to ``url`` (it may ask the endpoint first: probes, metadata)."""
+        run = _Run(deadline, (only,) if only else self.urls, not only)
         url = self._next_endpoint(run)
         if url is None:  # no I/O at all: the caller falls back at once
             raise self._fail(RemoteError, self._all_open(), 0, None)
@@ -204,8 +279,16 @@ class RemoteClient:
             run.attempts += 1
             run.tried.add(url)
             try:
-                answer = self._attempt(method, url, path, body, run.deadline, cap_ms)
+                send = route(url, run.deadline)
+                answer = self._attempt(
+                    send.method, url, send.path, send.body, run.deadline, send.cap_ms,
+                    v2_infer=send.target is not None,
+                )  # fmt: skip
+                if send.target is not None:
+                    answer = self._v2_answer(answer, send.target, send.n, url)
             except _EndpointFailure as f:
+                if not f.status:  # no answer: the server may come back as another one
+                    self._known.pop(url, None)
                 self._breakers[url].record_failure(f.reason)
                 run.reasons.append(f.reason)
                 nxt = self._retry_to(url, f, run)
@@ -214,12 +297,129 @@ class RemoteClient:
                 url = nxt
                 continue
             except RemoteError as e:  # a 4xx: the server is up and said no
+                self._known.pop(url, None)  # ask again next time: it may have changed
                 self._breakers[url].record_success()
                 raise self._fail(type(e), str(e), run.attempts, url) from None
             self._breakers[url].record_success()
+            if send.target is not None:
+                ms = run.deadline.elapsed_s() * 1e3
+                return RemoteReply(answer, url, run.attempts, ms, protocol="v2")
             if check_pin:
                 self._check_pin(answer, url, run.attempts)
             return RemoteReply(answer, url, run.attempts, run.deadline.elapsed_s() * 1e3)
+
+    # --- protocols: auto-detection and the V2 path ------------------------------------------
+    def _routed(
+        self, body: dict[str, Any] | None, windows: Callable[[], np.ndarray] | None
+    ) -> RemoteReply:
+        """One call that sends bars to mlsignal endpoints and windows to V2 endpoints."""
+        deadline = Deadline(self.timeout_s, self._clock)
+        if self._closed:
+            raise self._fail(RemoteError, "remote client is closed", 0, None)
+        v1 = None
+        if body is not None and self.protocol != "v2":
+            v1 = _Send("POST", "/v1/enhance", *self._encode(self._pin(dict(body)), True))
+        encoded: list[tuple[bytes, tuple[int, ...]]] = []  # the V2 body, made once
+
+        def route(url: str, dl: Deadline) -> _Send:
+            if v1 is not None and self._detect(url, dl) == "mlsignal":
+                return v1
+            target = self._target(url, dl)
+            if windows is None:
+                raise RemoteError(f"{url} speaks only V2; this call has no windows to send")
+            if not encoded:
+                encoded.append(self._encode_windows(windows()))
+            data, shape = encoded[0]
+            if tuple(shape[1:]) != target.window:
+                raise RemoteError(
+                    f"V2 model {target.model!r} at {url} signature mismatch: input "
+                    f"{v2.INPUT_NAME!r} is [-1, {target.window[0]}, {target.window[1]}], the "
+                    f"local bundle makes [-1, {shape[1]}, {shape[2]}]"
+                )
+            return _Send("POST", target.infer_path, data, target=target, n=shape[0])
+
+        return self._run(route, deadline)
+
+    def _encode_windows(self, windows: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
+        try:
+            arr = np.asarray(windows, dtype=np.float32)
+            return v2.encode_infer(arr), arr.shape
+        except (TypeError, ValueError) as e:
+            raise self._fail(RemoteError, f"cannot encode windows: {e}", 0, None) from None
+
+    def _detect(self, url: str, deadline: Deadline) -> str | v2.V2Target:
+        """``auto``: ``mlsignal``, or the checked V2 target, of ``url`` (asked once)."""
+        known = self._known.get(url)
+        if known is not None:
+            return known
+        status, raw = self._exchange("GET", url, "/v1/models", None, deadline, 0.0)
+        if status == 200:
+            doc = _json(raw)
+            if isinstance(doc, dict) and doc.get("contract_hash"):
+                self._known[url] = "mlsignal"
+        elif status == 404:
+            path = v2.metadata_path(self.model_name)
+            status, raw = self._exchange("GET", url, path, None, deadline, 0.0)
+            doc = _json(raw) if status == 200 else None
+            if v2.is_model_metadata(doc):
+                return self._learn(url, doc, deadline)
+        return "mlsignal"  # not proven V2: speak mlsignal, as without this setting
+
+    def _target(self, url: str, deadline: Deadline) -> v2.V2Target:
+        """The checked V2 target of ``url``: its metadata read once, then kept."""
+        known = self._known.get(url)
+        if isinstance(known, v2.V2Target):
+            return known
+        path = v2.metadata_path(self.model_name)
+        status, raw = self._exchange("GET", url, path, None, deadline, 0.0)
+        if status == 404:
+            text = self._scrub(error_text(raw, status))
+            raise RemoteError(f"V2 server {url} has no model {self.model_name!r}: 404 {text}")
+        return self._learn(url, self._judge(status, raw, url), deadline)
+
+    def _learn(self, url: str, doc: dict[str, Any], deadline: Deadline) -> v2.V2Target:
+        """Check a V2 model's metadata (signature, version) and keep the target."""
+        name = self.model_name
+        try:
+            window = v2.check_signature(doc, name)
+        except RemoteError as e:
+            raise RemoteError(f"{e} (at {url})") from None
+        served = tuple(str(v) for v in doc.get("versions") or [])
+        version, how = v2.pick_version(doc, self.contract_hash)
+        if how == "triton_version" and version is not None:
+            full = self._triton_hash(url, version, deadline)
+            if full is not None and full != self.contract_hash:
+                version, how = None, "none"
+            elif full is not None:
+                how = "triton_config"
+        if version is None and self.contract_hash is not None:
+            if not self.accept_mismatch:
+                raise VersionMismatchError(v2.mismatch(url, name, served, self.contract_hash))
+            how = "accepted"
+        platform = str(doc.get("platform") or "v2")
+        target = v2.V2Target(name, version, how, served, platform, window)
+        self._known[url] = target
+        return target
+
+    def _triton_hash(self, url: str, version: str, deadline: Deadline) -> str | None:
+        """The full contract hash in Triton's model config for ``version``, if it has one."""
+        status, raw = self._exchange("GET", url, v2.config_path(self.model_name), None, deadline, 0)
+        return v2.config_hash(_json(raw), version) if status == 200 else None
+
+    def _v2_answer(self, doc: dict[str, Any], target: v2.V2Target, n: int, url: str) -> dict:
+        v2.check_answer(doc, target, url)
+        try:
+            outputs = v2.decode_infer(doc, n)
+        except WireError as e:
+            raise _EndpointFailure(f"malformed V2 response from {url}: {e}", False) from None
+        return {
+            "outputs": outputs,
+            "model_name": target.model,
+            "model_version": str(doc.get("model_version") or target.version or ""),
+            "platform": target.platform,
+            "matched": target.matched,
+            "served": list(target.served),
+        }
 
     def _next_endpoint(self, run: _Run) -> str | None:
         """The first untried endpoint whose breaker allows a call (this takes a probe)."""
@@ -246,9 +446,23 @@ class RemoteClient:
         return None if run.deadline.expired(min_s) else url
 
     def _attempt(
-        self, method: str, url: str, path: str, body: bytes | None, deadline: Deadline, cap: float
+        self,
+        method: str,
+        url: str,
+        path: str,
+        body: bytes | None,
+        deadline: Deadline,
+        cap: float,
+        v2_infer: bool = False,
     ) -> dict[str, Any]:
-        """One HTTP exchange with ``url + path`` in what is left of ``deadline``."""
+        """One HTTP exchange with ``url + path`` in what is left of ``deadline``; judged."""
+        status, raw = self._exchange(method, url, path, body, deadline, cap)
+        return self._judge(status, raw, url, v2_infer)
+
+    def _exchange(
+        self, method: str, url: str, path: str, body: bytes | None, deadline: Deadline, cap: float
+    ) -> tuple[int, bytes]:
+        """One HTTP exchange: ``(status, body)``, or :class:`_EndpointFailure` without one."""
         budget = deadline.remaining_s()
         headers = None
         if body is not None:
@@ -273,9 +487,9 @@ class RemoteClient:
             log.debug("unexpected error calling %s", url, exc_info=True)
             reason = self._scrub(f"{type(e).__name__} at {url}: {e}")
             raise _EndpointFailure(reason, False) from None
-        return self._judge(response.status_code, raw, url)
+        return response.status_code, raw
 
-    def _judge(self, status: int, raw: bytes, url: str) -> dict[str, Any]:
+    def _judge(self, status: int, raw: bytes, url: str, v2_infer: bool = False) -> dict[str, Any]:
         """The parsed answer of a 2xx; otherwise the exception its status calls for."""
         if 200 <= status < 300:
             try:
@@ -291,11 +505,13 @@ class RemoteClient:
         if status == 409:
             prefix = "" if "mismatch" in text.lower() else "model version mismatch: "
             raise VersionMismatchError(f"{prefix}{text} ({url})")
+        if status == 404 and v2_infer:  # the checked model or version is gone
+            raise VersionMismatchError(f"model version mismatch: {text} ({url})")
         if 400 <= status < 500:
             raise RemoteError(f"{url} rejected the request: {status} {text}")
         if status >= 500:
             transient = self.retry.should_retry(status)
-            raise _EndpointFailure(f"HTTP {status} at {url}: {text}", transient)
+            raise _EndpointFailure(f"HTTP {status} at {url}: {text}", transient, status)
         raise RemoteError(f"unexpected HTTP {status} from {url}")
 
     # --- helpers ---------------------------------------------------------------------------
@@ -361,6 +577,14 @@ def _read(response: httpx.Response, deadline: Deadline, url: str) -> bytes:
         if deadline.expired():  # a server trickling bytes does not stretch the deadline
             raise httpx.ReadTimeout("deadline passed while reading", request=response.request)
     return b"".join(chunks)
+
+
+def _json(raw: bytes) -> Any:
+    """Parsed JSON, or None."""
+    try:
+        return wire.loads(raw)
+    except WireError:
+        return None
 
 
 def _summary(run: _Run) -> str:

@@ -109,7 +109,7 @@ def load_runtime(
     ``verify`` (the default) the golden parity check runs before the runtime is returned, so
     a runtime that drifts never serves.
     """
-    kind = resolve_backend(backend, device=device, onnx_model=_has_onnx(bundle))
+    kind = resolve_backend(backend, device=device, onnx_model=has_onnx_model(bundle))
     if kind == "onnx":
         from mlsignal.runtime.onnx_runtime import OnnxRuntime
 
@@ -128,7 +128,7 @@ def load_runtime(
     return runtime
 
 
-def _has_onnx(bundle: Bundle) -> bool:
+def has_onnx_model(bundle: Bundle) -> bool:
     """Whether the bundle records a ``model.onnx`` (its hash is checked when it is read).
 
     The name is onnx_runtime.ONNX_FILE, spelt out: that module imports onnxruntime.
