@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from mlsignal.bench import baselines
 from mlsignal.bench.timing import Timing, measure
@@ -157,18 +159,21 @@ def bench_forward(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None
 
 
 def bench_enhance(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None:
-    """Full ``enhance_signal`` (bars -> features -> model -> fusion) for one symbol."""
+    """One symbol, end to end: ``enhance_signal`` on 256 bars (validation, features, model,
+    GARCH, fusion; the streaming shortcut off) and ``enhance_bar`` (one new closed bar into
+    the symbol's feature stream, the live-loop path), each with given scores."""
     from mlsignal.data import load_sample
     from mlsignal.enhancer import MLSignalEnhancer
 
-    bars = load_sample("sp500").iloc[-bundle.min_bars :]
+    sample = load_sample("sp500")
+    bars = sample.iloc[-bundle.min_bars :]
     for backend, device in cfg.paths:
         if backend in GRAPH_PATHS and GRAPH_PATHS[backend] != "fp32":
             continue  # reduced precision: forward rows only
         try:
             torch_path = backend in GRAPH_PATHS or backend == "torch"
             kind = "torch" if torch_path else backend
-            enh = MLSignalEnhancer(bundle, device=device, backend=kind)
+            enh = MLSignalEnhancer(bundle, device=device, backend=kind, streaming=False)
             if torch_path and device != "cpu":  # eager or graphs, as the row says
                 enh.runtime = _load(bundle, backend, device)
         except MLSignalError as e:
@@ -176,6 +181,28 @@ def bench_enhance(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None
             continue
         t = measure(lambda enh=enh: enh.enhance_signal(bars, 30.0, 60.0), cfg.budget_s)
         result.rows.append(_row("enhance_signal", backend, enh.runtime.device, 1, t))
+        t = measure(_bar_stream(enh, sample, bundle.min_bars), cfg.budget_s)
+        result.rows.append(_row("enhance_bar", backend, enh.runtime.device, 1, t))
+
+
+def _bar_stream(enh: Any, sample: pd.DataFrame, seed_bars: int) -> Callable[[], Any]:
+    """A call that feeds the next bar of ``sample`` to ``enh.enhance_bar`` (re-seeding from
+    the start when the sample runs out); bars are plain dicts made before timing."""
+    rows = [
+        {"timestamp": ts, **{c: float(v) for c, v in zip(sample.columns, vals, strict=True)}}
+        for ts, vals in zip(sample.index, sample.to_numpy(), strict=True)
+    ]
+    pos = [len(rows)]
+
+    def call() -> Any:
+        if pos[0] >= len(rows):
+            enh.seed("BENCH", sample.iloc[:seed_bars])
+            pos[0] = seed_bars
+        out = enh.enhance_bar("BENCH", rows[pos[0]], 30.0, 60.0)
+        pos[0] += 1
+        return out
+
+    return call
 
 
 def bench_onnx_default(bundle: Bundle, cfg: BenchConfig, result: BenchResult) -> None:
