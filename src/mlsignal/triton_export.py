@@ -36,6 +36,7 @@ from typing import Any
 
 from mlsignal import __version__
 from mlsignal.bundle import load_bundle
+from mlsignal.bundle.io import fsync_dir
 from mlsignal.errors import BundleError, ConfigError
 from mlsignal.runtime.onnx_runtime import ONNX_FILE
 
@@ -276,14 +277,6 @@ def _replace_file(path: Path, text: str) -> None:
         raise
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _same_signature(model_dir: Path, versions: dict[int, Any], sig: Any) -> None:
     for n in versions:
         if onnx_signature(model_dir / str(n) / ONNX_FILE) != sig:
@@ -368,12 +361,12 @@ def _fresh(model_dir: Path, version: int, onnx_path: Path, label: dict, config: 
     try:
         _write_version(tmp / str(version), onnx_path, label)
         _write_file(tmp / CONFIG_FILE, config.encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if model_dir.exists():
             old = model_dir.parent / f".{model_dir.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(model_dir, old)
         os.rename(tmp, model_dir)
-        _fsync_dir(model_dir.parent)
+        fsync_dir(model_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -393,6 +386,6 @@ def _extend(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
     _replace_file(model_dir / CONFIG_FILE, config)
-    _fsync_dir(model_dir)
+    fsync_dir(model_dir)

@@ -180,7 +180,8 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         raise BundleIntegrityError(f"bundle {path}: config.json is incomplete: {e}") from None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that a rename or a new file in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -193,7 +194,7 @@ def _fsync_tree(path: Path) -> None:
         if f.is_file():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def write_bundle(
@@ -252,7 +253,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(out, old)
     os.rename(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     log.info("bundle written to %s", out)

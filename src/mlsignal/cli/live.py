@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlsignal.cli.options import add_enhancer_options
 from mlsignal.errors import ConfigError
 
 log = logging.getLogger("mlsignal.live")
@@ -94,34 +95,14 @@ def _add_pacing(p: argparse.ArgumentParser) -> None:
 
 
 def _add_enhancer(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
-    )
-    p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND or auto)")
-    p.add_argument(
-        "--remote",
-        action="append",
-        metavar="URL",
-        help="inference server URL; repeat for fail-over (default: $GPU_INFERENCE_API_URL)",
-    )
+    add_enhancer_options(p)
     p.add_argument("--api-key-file", help="file whose first line is the server API key")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        help="remote budget in seconds (default: $GPU_INFERENCE_TIMEOUT or 3)",
-    )
     p.add_argument(
         "--local-fallback",
         choices=["eager", "lazy", "off"],
         default="eager",
         help="remote mode: load the local model at start, on first need, or never",
     )
-    p.add_argument(
-        "--accept-version-mismatch",
-        action="store_true",
-        help="use a server whose model differs from the local bundle",
-    )
-    p.add_argument("--cacert", help="CA bundle for https servers with a private CA")
     p.add_argument(
         "--bar-deadline-ms",
         type=float,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from mlsignal import __version__
+from mlsignal.cli.options import add_enhancer_options
 from mlsignal.errors import MLSignalError
 
 DEFAULT_BUNDLE = "artifacts/quick"
@@ -66,27 +67,7 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="CSV/Parquet file of OHLCV bars, or a sample name")
     p.add_argument("--ss", type=float, help="your sell score, 0..100")
     p.add_argument("--bs", type=float, help="your buy score, 0..100")
-    p.add_argument(
-        "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
-    )
-    p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND or auto)")
-    p.add_argument(
-        "--remote",
-        action="append",
-        metavar="URL",
-        help="inference server URL; repeat for fail-over (default: $GPU_INFERENCE_API_URL)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        help="remote budget in seconds (default: $GPU_INFERENCE_TIMEOUT or 3)",
-    )
-    p.add_argument(
-        "--accept-version-mismatch",
-        action="store_true",
-        help="use a server whose model differs from the local bundle",
-    )
-    p.add_argument("--cacert", help="CA bundle for https servers with a private CA")
+    add_enhancer_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_enhance)
 
