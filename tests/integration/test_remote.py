@@ -62,6 +62,23 @@ def test_remote_equals_local_bit_for_bit(tiny_bundle, server_factory, local, bar
     remote.close()
 
 
+def test_enhance_bar_in_remote_mode_equals_local(tiny_bundle, server_factory, local, sp500_bars):
+    server = server_factory(tiny_bundle, "--device", "cpu").start()
+    remote = _remote(tiny_bundle, server.url)
+    n = remote.min_bars
+    remote.seed("SPX", sp500_bars.iloc[:n])
+    for t in range(n, n + 5):
+        row = sp500_bars.iloc[t]
+        bar = {"timestamp": sp500_bars.index[t], **{c: float(row[c]) for c in row.index}}
+        r = remote.enhance_bar("SPX", bar, 35.0, 55.0)
+        m = local.enhance_signal(sp500_bars.iloc[: t + 1], 35.0, 55.0)
+        assert r[:2] == m[:2]
+        for key in ("bull_prob", "regime_vol", "kelly", "bar_ts"):
+            assert r[2][key] == m[2][key], key
+        assert r[2]["source"] == "remote"
+    remote.close()
+
+
 def test_killed_server_falls_back_and_the_open_circuit_costs_nothing(
     tiny_bundle, server_factory, bars_stream
 ):
