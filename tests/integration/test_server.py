@@ -395,10 +395,15 @@ def test_hot_reload_under_load_fails_no_request(tiny_bundle, server_factory, tmp
 
 
 def test_sigterm_drains_requests_in_flight(tiny_bundle, server_factory, sp500_bars):
-    server = server_factory(tiny_bundle, "--device", "cpu", "--max-wait-ms", "5").start()
+    # Enough work to be still in flight after 0.6 s on a fast 2-core machine: 4 x 400
+    # symbols through PyTorch (about twice ONNX Runtime's time on the CPU), one worker.
+    server = server_factory(
+        tiny_bundle, "--device", "cpu", "--backend", "torch", "--workers", "1",
+        "--max-wait-ms", "5",
+    ).start()  # fmt: skip
     doc = {
         "symbols": [
-            symbol_doc(sp500_bars.iloc[-300 - i : len(sp500_bars) - i], f"S{i}") for i in range(120)
+            symbol_doc(sp500_bars.iloc[-300 - i : len(sp500_bars) - i], f"S{i}") for i in range(400)
         ]
     }
     body = wire.dumps(doc)
