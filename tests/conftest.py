@@ -37,6 +37,21 @@ def sp500_bars():
     return load_sample("sp500")
 
 
+@pytest.fixture(scope="module")
+def bars_stream(sp500_bars):
+    """The last 40 bar windows of the S&P 500, as a live loop would see them."""
+    n = 256
+    return [sp500_bars.iloc[end - n : end] for end in range(len(sp500_bars) - 40, len(sp500_bars))]
+
+
+@pytest.fixture(scope="module")
+def local(tiny_bundle: Path):
+    """A local CPU enhancer, the reference remote results are compared with."""
+    from mlsignal.enhancer import MLSignalEnhancer
+
+    return MLSignalEnhancer(tiny_bundle, device="cpu")
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Make :class:`ServerProcess` objects; any still running are killed at teardown."""

@@ -9,7 +9,6 @@ both sides here is what makes a remote result equal a local one number for numbe
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -208,25 +207,8 @@ SCALAR_GARCH_MAX = 4
 
 
 def regime_vol(params: GarchParams, close: np.ndarray) -> float:
-    """``garch_forecast(params, diff(log(close)))`` with its filter run on Python floats.
-
-    The same IEEE operations in the same order as :func:`garch_forecast` (whose numpy pass
-    over one row costs ~3 ufunc calls per return), so the very same number, ~20x faster for
-    one symbol. Non-finite returns go to :func:`garch_forecast`, which raises its error.
-    """
-    r = np.diff(np.log(close))
-    if r.size == 0 or not np.isfinite(r).all():
-        return float(garch_forecast(params, r))
-    eps2 = (100.0 * r[-params.lookback :] - params.mu) ** 2
-    a, b, w = float(params.alpha), float(params.beta), float(params.omega)
-    s = w / (1.0 - a - b) if a + b < 1.0 else float(eps2[None, :].mean(axis=1)[0])
-    for e in eps2.tolist():
-        s = w + a * e + b * s
-    total = 0.0
-    for _ in range(params.horizon):
-        total += s
-        s = w + (a + b) * s
-    return math.sqrt(total) / 100.0
+    """``garch_forecast`` of the log returns of ``close`` (its errors for non-finite ones)."""
+    return garch_forecast(params, np.diff(np.log(close)))
 
 
 def with_regime_vols(bundle: Bundle, prepared: list[Prepared]) -> list[Prepared]:

@@ -67,17 +67,6 @@ def http(ray_srv) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="module")
-def local(tiny_bundle):
-    return MLSignalEnhancer(tiny_bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def bars_stream(sp500_bars):
-    n = 256
-    return [sp500_bars.iloc[end - n : end] for end in range(len(sp500_bars) - 40, len(sp500_bars))]
-
-
 def replica_pids(app: str = APP) -> list[int]:
     """Pids of the live model replicas of ``app`` (Ray titles them ServeReplica:app:name)."""
     title = f"ray::ServeReplica:{app}:mlsignal-model".encode()

@@ -22,18 +22,6 @@ from server_process import free_port
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local(tiny_bundle):
-    return MLSignalEnhancer(tiny_bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def bars_stream(sp500_bars):
-    """The last 40 bar windows of the S&P 500, as a live loop would see them."""
-    n = 256
-    return [sp500_bars.iloc[end - n : end] for end in range(len(sp500_bars) - 40, len(sp500_bars))]
-
-
 def _remote(bundle: Path, *urls: str, **kw) -> MLSignalEnhancer:
     kw.setdefault("timeout_s", 2.0)
     return MLSignalEnhancer(bundle, remote_urls=list(urls), **kw)

@@ -132,17 +132,6 @@ class TritonLike:
 
 
 @pytest.fixture(scope="module")
-def bars_stream(sp500_bars):
-    n = 256
-    return [sp500_bars.iloc[end - n : end] for end in range(len(sp500_bars) - 20, len(sp500_bars))]
-
-
-@pytest.fixture(scope="module")
-def local(tiny_bundle):
-    return MLSignalEnhancer(tiny_bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def local_onnx(tiny_bundle):
     return MLSignalEnhancer(tiny_bundle, device="cpu", backend="onnx")
 

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from mlsignal.cli.main import build_parser
+from torch_block import CLI_WITHOUT_TORCH
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -349,20 +350,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-TORCH_FREE_SERVE = r"""
-import builtins, importlib.util, sys
-real_import, real_find_spec = builtins.__import__, importlib.util.find_spec
-def guarded(name, *args, **kwargs):
-    if name == "torch" or name.startswith("torch."):
-        raise ImportError("torch is not installed in this image")
-    return real_import(name, *args, **kwargs)
-builtins.__import__ = guarded
-importlib.util.find_spec = lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
-from mlsignal.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_cpu_image_premise_serve_runs_without_torch(tiny_bundle, tmp_path):
     """Dockerfile.cpu installs no torch: `serve` with ONNX Runtime alone answers, and SIGTERM
     drains to exit 0 (what KillSignal/STOPSIGNAL rely on)."""
@@ -376,7 +363,7 @@ def test_cpu_image_premise_serve_runs_without_torch(tiny_bundle, tmp_path):
     argv = ["serve", "--bundle", str(tiny_bundle), "--port", str(port), "--max-batch", "16"]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-c", TORCH_FREE_SERVE, *argv],
+        [sys.executable, "-c", CLI_WITHOUT_TORCH, *argv],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

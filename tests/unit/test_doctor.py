@@ -27,6 +27,7 @@ from mlsignal.cli.doctor_measure import (
     winner_lines,
 )
 from mlsignal.cli.main import main
+from torch_block import CLI_WITHOUT_TORCH
 
 # The shape of real `nvidia-smi` and `nvidia-smi -L` output (header lines and one GPU line).
 SMI_HEADER = """Wed Nov 26 10:00:00 2026
@@ -232,27 +233,14 @@ def test_doctor_no_measure_and_bad_input(tmp_path, capsys):
     assert "--symbols must be at least 1" in capsys.readouterr().err
 
 
-# A torch-free host (`pip install mlsignal[client]`): torch neither imports nor is found.
-TORCH_BLOCKED = r"""
-import builtins, sys
-real_import = builtins.__import__
-def guarded(name, *args, **kwargs):
-    if name == "torch" or name.startswith("torch."):
-        raise ImportError("torch is blocked in this test")
-    return real_import(name, *args, **kwargs)
-builtins.__import__ = guarded
-import importlib.util
-real_find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
-from mlsignal.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_doctor_on_a_torch_free_host(tiny_bundle):
+    """A torch-free host (`pip install mlsignal[client]`): torch neither imports nor is found."""
     argv = ["doctor", "--json", "--bundle", str(tiny_bundle)]
     run = subprocess.run(
-        [sys.executable, "-c", TORCH_BLOCKED, *argv], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", CLI_WITHOUT_TORCH, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)

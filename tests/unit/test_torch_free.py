@@ -6,16 +6,12 @@ import subprocess
 import sys
 
 from mlsignal.enhancer import MLSignalEnhancer
+from torch_block import BLOCK_TORCH
 
 # Any attempt to import torch fails loudly, so a lazy import on the path cannot hide.
-PROGRAM = r"""
-import builtins, sys
-real_import = builtins.__import__
-def guarded(name, *args, **kwargs):
-    if name == "torch" or name.startswith("torch."):
-        raise ImportError("torch is blocked in this test")
-    return real_import(name, *args, **kwargs)
-builtins.__import__ = guarded
+PROGRAM = (
+    BLOCK_TORCH
+    + r"""
 
 import mlsignal
 from mlsignal.data import load_sample
@@ -29,6 +25,7 @@ assert info["source"] == "local" and info["backend"] == "onnx", info
 assert len(batch) == 2 and "torch" not in sys.modules
 print(repr(info["bull_prob"]), repr(ess), repr(ebs))
 """
+)
 
 
 def test_enhance_on_onnx_never_imports_torch(tiny_bundle, sp500_bars):
