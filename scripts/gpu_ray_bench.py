@@ -47,10 +47,11 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 def many_symbols_body(bundle: Bundle, symbols: int, deadline_ms: int) -> bytes:
     """The remote client's ``/v1/enhance`` body for ``symbols`` symbols (same bars each)."""
     from mlsignal.data import load_sample
-    from mlsignal.inference import SignalRequest, trim_request
+    from mlsignal.pipeline import SignalRequest, prepare
 
-    r = trim_request(bundle, SignalRequest("SPX", load_sample("sp500")))
-    items = [(f"SYM{i:04d}", r.bars, r.ss, r.bs) for i in range(symbols)]
+    p = prepare(bundle, SignalRequest("SPX", load_sample("sp500")))
+    arrays = wire.BarArrays.from_ns(p.t_ns, p.ohlcv)
+    items = [(f"SYM{i:04d}", arrays, p.ss, p.bs) for i in range(symbols)]
     doc = wire.encode_enhance(items)
     doc.pop("deadline_ms")
     doc["contract_hash"] = bundle.contract_hash

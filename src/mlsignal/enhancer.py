@@ -15,15 +15,19 @@ same call falls back to the local runtime (on CPU unless told otherwise), and to
 rule scores if no model can run at all. ``ml_info["source"]`` says which
 (``remote``, ``local``, ``fallback``, ``rules``) and ``fallback_reason`` why.
 
-Streaming (local mode): a live loop that calls ``enhance_signal(df)`` with the previous
-call's bars plus one new bar, or calls ``enhance_bar(symbol, bar)`` with each closed bar,
-skips pandas, re-validation and the DataFrame features: the new bar alone is validated and
-the window comes from a :class:`~mlsignal.features.streaming.FeatureStream`. The results are
-the full path's, bit for bit (tests/unit/test_enhancer.py). ``enhance_signal`` takes the
-stream only when the last ``min_bars`` bars before the new one equal, bit for bit, the bars
-it holds (which were validated when they came); otherwise, and for any new bar that fails
-validation, it runs the full path, so its errors are the full path's. One difference: bars
-older than the last ``min_bars`` (which the model never sees) are not re-validated there.
+Every call runs the three steps of :mod:`mlsignal.pipeline`: prepare (here, from bars or a
+stream), forward (:meth:`enhance_prepared`: the server, else the local runtime) and finish.
+
+Streaming: a live loop that calls ``enhance_signal(df)`` with the previous call's bars plus
+one new bar, or calls ``enhance_bar(symbol, bar)`` with each closed bar, skips pandas and
+re-validation: the new bar alone is validated and the bars come from a
+:class:`~mlsignal.features.FeatureStream`. The results are the full path's, bit for bit
+(tests/unit/test_enhancer.py). ``enhance_signal`` takes the stream only when the last
+``min_bars`` bars before the new one equal, bit for bit, the bars it holds (which were
+validated when they came); otherwise, and for any new bar that fails validation, it runs the
+full path, so its errors are the full path's. One difference: bars older than the last
+``min_bars`` (which the model never sees) are not re-validated there. In remote mode the
+streamed bars go to the server as they are (no DataFrame, no second validation).
 """
 
 from __future__ import annotations
@@ -41,24 +45,26 @@ import pandas as pd
 from mlsignal.bundle import Bundle, load_bundle
 from mlsignal.config import BUNDLE_ENV, Settings
 from mlsignal.data import BAR_COLUMNS
-from mlsignal.errors import ConfigError, DataError, InsufficientDataError, MLSignalError
-from mlsignal.features.streaming import BarLike, FeatureStream, FeatureStreams
-from mlsignal.inference import (
+from mlsignal.errors import ConfigError, DataError, MLSignalError
+from mlsignal.features import FeatureStream, FeatureStreams
+from mlsignal.features.streaming import BarLike
+from mlsignal.pipeline import (
     Prepared,
     SignalRequest,
     SignalResult,
-    check_score,
     finish,
     prepare,
-    prepare_trimmed,
+    prepare_stream,
 )
 from mlsignal.remote_mode import RemoteMode
+from mlsignal.runtime.base import Runtime
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MLSignalEnhancer", "SignalRequest", "SignalResult"]
 
 LOCAL_FALLBACK_CHOICES = ("eager", "lazy", "off")
+Scores = Mapping[str, tuple[float | None, float | None]]
 
 
 class MLSignalEnhancer:
@@ -68,7 +74,7 @@ class MLSignalEnhancer:
         bundle: bundle directory or loaded :class:`Bundle`; ``None`` reads ``MLSIGNAL_BUNDLE``.
         device: local device (``auto``, ``cpu``, ``cuda``, ``cuda:N``); default
             ``ML_INFERENCE_DEVICE``, or ``cpu`` for the fallback runtime in remote mode.
-        backend: ``torch`` (default ``ML_INFERENCE_BACKEND``).
+        backend: ``torch`` or ``onnx`` (default ``ML_INFERENCE_BACKEND``, else auto).
         remote_urls: inference servers, tried in order (default ``GPU_INFERENCE_API_URL``).
         api_key: server API key (default ``GPU_INFERENCE_API_KEY``).
         timeout_s: total budget of one remote call, retry and fail-over included (default
@@ -78,9 +84,10 @@ class MLSignalEnhancer:
         local_fallback: in remote mode, load the local runtime at start (``eager``), on the
             first fallback (``lazy``), or never (``off``: fall back to rule scores).
         tls_verify: ``True``, ``False`` or a CA bundle path for ``https`` servers.
-        streaming: keep per-symbol feature streams for :meth:`enhance_bar` and for
-            ``enhance_signal`` calls that add one bar to the previous call's bars (local
-            mode). ``False``: every call takes the full path.
+        settings: the settings to use instead of reading the environment.
+        streaming: let ``enhance_signal`` take the stream when its bars follow the previous
+            call's (see the module docstring). ``False``: every ``enhance_signal`` call
+            takes the full path. :meth:`enhance_bar` always streams.
 
     Construction loads the bundle (and, unless remote-only, the weights with the parity
     gate), so a bad bundle or an unavailable device fails here, not on the first bar.
@@ -108,7 +115,7 @@ class MLSignalEnhancer:
         urls = _urls(remote_urls) if remote_urls is not None else settings.api_urls
         self._device = device or ("cpu" if urls else settings.device)
         self._backend = backend or settings.backend
-        self._runtime: Any = None
+        self._runtime: Runtime | None = None
         self._runtime_error: str | None = None
         self._local_allowed = not urls or local_fallback != "off"
         self._failing: str | None = None  # last local failure, for once-per-change logs
@@ -142,14 +149,14 @@ class MLSignalEnhancer:
         )
 
     @property
-    def runtime(self) -> Any:
+    def runtime(self) -> Runtime | None:
         """The local runtime (loaded lazily in remote mode with ``local_fallback='lazy'``)."""
         if self._runtime is None and self._local_allowed:
             self._load_runtime(raise_errors=self.remote is None)
         return self._runtime
 
     @runtime.setter
-    def runtime(self, value: Any) -> None:
+    def runtime(self, value: Runtime | None) -> None:
         self._runtime = value
 
     @property
@@ -162,6 +169,7 @@ class MLSignalEnhancer:
         if self.remote is not None:
             self.remote.close()
 
+    # --- the user's calls ----------------------------------------------------------------
     def enhance_signal(
         self, df: pd.DataFrame, ss: float | None = None, bs: float | None = None
     ) -> tuple[float, float, dict[str, Any]]:
@@ -172,17 +180,17 @@ class MLSignalEnhancer:
         never raises: the call falls back and says so in ``ml_info``.
         """
         t0 = time.perf_counter()
-        if self.remote is not None or not self._streaming:
-            (result,) = self.enhance_batch([SignalRequest("", df, ss, bs)])
-            return result.enhanced_ss, result.enhanced_bs, result.ml_info
-        with self._lock:
-            if self._follows(df):
-                p = _prepare_stream(self.bundle, "", self._follow, ss, bs)
-            else:
-                p = prepare(self.bundle, SignalRequest("", df, ss, bs))
-                self._follow.reset()  # hold what this call used, for the next call
-                self._follow.extend_valid(p.bars.index.asi8, p.bars.to_numpy(np.float64))  # type: ignore[union-attr]
-        (result,) = self._local([p], t0, "local", None)
+        if not self._streaming:
+            p = prepare(self.bundle, SignalRequest("", df, ss, bs))
+        else:
+            with self._lock:
+                if self._follows(df):
+                    p = prepare_stream(self.bundle, "", self._follow, ss, bs)
+                else:
+                    p = prepare(self.bundle, SignalRequest("", df, ss, bs))
+                    self._follow.reset()  # hold what this call used, for the next call
+                    self._follow.extend_valid(p.t_ns, p.ohlcv)
+        (result,) = self.enhance_prepared([p], t0)
         return result.enhanced_ss, result.enhanced_bs, result.ml_info
 
     def enhance_bar(
@@ -202,9 +210,7 @@ class MLSignalEnhancer:
         return result.enhanced_ss, result.enhanced_bs, result.ml_info
 
     def enhance_bars(
-        self,
-        bars: Mapping[str, BarLike],
-        scores: Mapping[str, tuple[float | None, float | None]] | None = None,
+        self, bars: Mapping[str, BarLike], scores: Scores | None = None
     ) -> list[SignalResult]:
         """:meth:`enhance_bar` for many symbols at once: one forward pass, results in order.
 
@@ -217,14 +223,11 @@ class MLSignalEnhancer:
             checked = [(sym, self.streams.stream(sym).check(bar)) for sym, bar in bars.items()]
             for sym, (ns, values) in checked:
                 self.streams[sym].append_values(ns, *values)
-            items = [(sym, self.streams[sym], *scores.get(sym, (None, None))) for sym in bars]
-            if self.remote is not None:
-                reqs = [SignalRequest(sym, st.frame(), ss, bs) for sym, st, ss, bs in items]
-            else:
-                prepared = [_prepare_stream(self.bundle, *item) for item in items]
-        if self.remote is not None:
-            return self.enhance_batch(reqs)
-        return self._local(prepared, t0, "local", None)
+            prepared = [
+                prepare_stream(self.bundle, sym, self.streams[sym], *scores.get(sym, (None, None)))
+                for sym in bars
+            ]
+        return self.enhance_prepared(prepared, t0)
 
     def seed(self, symbol: str, bars: pd.DataFrame) -> None:
         """Replace ``symbol``'s stream with the last ``min_bars`` of ``bars`` (history at
@@ -232,52 +235,30 @@ class MLSignalEnhancer:
         with self._lock:
             self.streams.seed(symbol, bars)
 
-    def _follows(self, df: Any) -> bool:
-        """Whether ``df`` is the follow stream's bars plus at most one new, valid bar (then
-        appended). Checks the last ``min_bars`` bars bit for bit; anything else: False."""
-        st = self._follow
-        cap = st.capacity
-        if len(st) < cap or not isinstance(df, pd.DataFrame) or len(df) < cap:
-            return False
-        index = df.index
-        if not isinstance(index, pd.DatetimeIndex) or index.tz is not None:
-            return False
-        if tuple(df.columns) != BAR_COLUMNS:
-            return False
-        values = df.to_numpy()
-        if values.dtype != np.float64:
-            return False
-        ts, n = index.asi8, len(df)
-        new = 0 if ts[-1] == st.last_ns else 1
-        if n < cap + new or not st.holds(
-            ts[n - new - cap : n - new], values[n - new - cap : n - new]
-        ):
-            return False
-        if new:
-            try:
-                st.append_values(int(ts[-1]), *values[-1].tolist())
-            except DataError:  # the full path raises it, worded as it words it
-                return False
-        return True
-
     def enhance_batch(self, requests: Sequence[SignalRequest]) -> list[SignalResult]:
         """Enhance many symbols in one call (one forward pass); results in request order."""
         t0 = time.perf_counter()
-        if not requests:
+        return self.enhance_prepared([prepare(self.bundle, r) for r in requests], t0)
+
+    # --- forward and finish ------------------------------------------------------------------
+    def enhance_prepared(
+        self, prepared: Sequence[Prepared], t0: float | None = None
+    ) -> list[SignalResult]:
+        """Forward prepared symbols (the server, else the local runtime, else the rule
+        scores) and finish them; ``t0`` (``time.perf_counter()``) starts ``latency_ms``."""
+        t0 = time.perf_counter() if t0 is None else t0
+        if not prepared:
             return []
         if self.remote is None:
-            return self._local([prepare(self.bundle, r) for r in requests], t0, "local", None)
-        trimmed = self.remote.trim(requests)
-        results, reason, attempts = self.remote.enhance(trimmed, t0)
+            return self._local(prepared, t0, "local", None)
+        results, reason, attempts = self.remote.enhance(prepared, t0)
         if results is not None:
             return results
-        prepared = [prepare_trimmed(self.bundle, r) for r in trimmed]
         return self._local(prepared, t0, "fallback", reason, attempts)
 
-    # --- local path ------------------------------------------------------------------------
     def _local(
         self,
-        prepared: list[Prepared],
+        prepared: Sequence[Prepared],
         t0: float,
         source: str,
         reason: str | None,
@@ -288,22 +269,21 @@ class MLSignalEnhancer:
             reason = f"{reason}; {local_reason}" if reason else local_reason
         latency_ms = (time.perf_counter() - t0) * 1e3
         rt = self._runtime
-        results = []
-        for i, p in enumerate(prepared):
-            r = finish(
+        device, backend = (rt.device, rt.backend) if rt is not None else ("none", "none")
+        return [
+            finish(
                 self.bundle,
                 p,
                 None if outputs is None else outputs[i],
-                device=rt.device if rt is not None else "none",
-                backend=rt.backend if rt is not None else "none",
+                device=device,
+                backend=backend,
                 latency_ms=latency_ms,
                 source=source,
                 reason=reason,
+                attempts=attempts,
             )
-            r.ml_info.update(endpoint=None, attempts=attempts)
-            r.ml_info.setdefault("fallback_reason", None)
-            results.append(r)
-        return results
+            for i, p in enumerate(prepared)
+        ]
 
     def _load_runtime(self, raise_errors: bool) -> None:
         from mlsignal.runtime import load_runtime
@@ -336,38 +316,34 @@ class MLSignalEnhancer:
             self._failing = None
         return out, None
 
-
-def _prepare_stream(
-    bundle: Bundle, symbol: str, stream: FeatureStream, ss: float | None, bs: float | None
-) -> Prepared:
-    """:func:`~mlsignal.inference.prepare` from a stream: the same numbers, no pandas."""
-    need = bundle.min_bars
-    who = f"{symbol}: " if symbol else ""
-    if len(stream) < need:
-        raise InsufficientDataError(
-            f"{who}{len(stream)} bars held; the model needs at least {need} "
-            f"(feature window {bundle.schema.window} + warm-up {bundle.schema.warmup}); "
-            "seed the symbol with history first"
-        )
-    try:
-        if ss is None or bs is None:
-            rule_ss, rule_bs = stream.rule_scores(k=need)
-            ss = rule_ss if ss is None else ss
-            bs = rule_bs if bs is None else bs
-        ss, bs = check_score(ss, "ss"), check_score(bs, "bs")
-    except DataError as e:
-        if not symbol:
-            raise
-        raise type(e)(f"{symbol}: {e}") from e
-    return Prepared(
-        symbol=symbol,
-        bars=None,
-        ss=ss,
-        bs=bs,
-        window=stream.window(),
-        close=stream.arrays(need)[3].copy(),
-        bar_ts=pd.Timestamp(stream.last_ns).isoformat(),
-    )
+    # --- the follow stream of enhance_signal --------------------------------------------------
+    def _follows(self, df: Any) -> bool:
+        """Whether ``df`` is the follow stream's bars plus at most one new, valid bar (then
+        appended). Checks the last ``min_bars`` bars bit for bit; anything else: False."""
+        st = self._follow
+        cap = st.capacity
+        if len(st) < cap or not isinstance(df, pd.DataFrame) or len(df) < cap:
+            return False
+        index = df.index
+        if not isinstance(index, pd.DatetimeIndex) or index.tz is not None:
+            return False
+        if tuple(df.columns) != BAR_COLUMNS:
+            return False
+        values = df.to_numpy()
+        if values.dtype != np.float64:
+            return False
+        ts, n = index.asi8, len(df)
+        new = 0 if ts[-1] == st.last_ns else 1
+        if n < cap + new or not st.holds(
+            ts[n - new - cap : n - new], values[n - new - cap : n - new]
+        ):
+            return False
+        if new:
+            try:
+                st.append_values(int(ts[-1]), *values[-1].tolist())
+            except DataError:  # the full path raises it, worded as it words it
+                return False
+        return True
 
 
 def _load(bundle: str | os.PathLike[str] | Bundle | None) -> Bundle:

@@ -1,14 +1,18 @@
-"""The enhancer's remote path: bars out to an inference server, ``ml_info`` back.
+"""The enhancer's remote path: prepared symbols out to an inference server, results back.
 
-Bars are validated and trimmed here first (bad data fails fast, locally, and never costs a
-round trip); rule scores are resolved here too, so a fallback uses exactly the same inputs.
-Any :class:`~mlsignal.errors.RemoteError` becomes ``(None, reason, attempts)`` and the
-enhancer runs the same requests locally.
+Bars are validated, trimmed and scored locally first (:mod:`mlsignal.pipeline.prepare`: bad
+data fails fast, locally, and never costs a round trip), so a fallback uses exactly the same
+inputs, and the same :class:`~mlsignal.pipeline.Prepared` objects (a window computed for a
+V2 server is not computed again by the fallback). Any
+:class:`~mlsignal.errors.RemoteError` becomes ``(None, reason, attempts)`` and the enhancer
+runs the same symbols locally.
 
-Against a V2 server (``GPU_INFERENCE_PROTOCOL=v2``, or ``auto`` and a server that speaks
-only V2: Triton, KServe) the feature windows are computed here, only the model forward runs
-there, and GARCH regime, Kelly and fusion are finished here with
-:func:`~mlsignal.inference.finish`: the numbers of a local run given the server's outputs.
+- ``/v1/enhance`` (``mlsignal serve``): the bars go as they are; the server prepares,
+  forwards and finishes; :func:`~mlsignal.pipeline.from_server` reads its answer.
+- V2 (``GPU_INFERENCE_PROTOCOL=v2``, or ``auto`` and a server that speaks only V2: Triton,
+  KServe): the feature windows go, only the model forward runs there, and
+  :func:`~mlsignal.pipeline.finish` runs here: the numbers of a local run given the
+  server's outputs.
 """
 
 from __future__ import annotations
@@ -24,14 +28,7 @@ from mlsignal import wire
 from mlsignal.bundle import Bundle
 from mlsignal.config import Settings
 from mlsignal.errors import RemoteError
-from mlsignal.inference import (
-    Prepared,
-    SignalRequest,
-    SignalResult,
-    finish,
-    prepare_trimmed,
-    trim_request,
-)
+from mlsignal.pipeline import Prepared, SignalResult, annotate, finish, from_server
 
 log = logging.getLogger(__name__)
 
@@ -74,29 +71,22 @@ class RemoteMode:
         """Close pooled connections."""
         self.client.close()
 
-    def trim(self, requests: Sequence[SignalRequest]) -> list[SignalRequest]:
-        """Validate, trim to ``min_bars`` and resolve scores; data errors name the symbol."""
-        return [trim_request(self.bundle, r) for r in requests]
-
     def enhance(
-        self, requests: Sequence[SignalRequest], t0: float
+        self, prepared: Sequence[Prepared], t0: float
     ) -> tuple[list[SignalResult] | None, str | None, int]:
         """Remote results, or ``(None, reason, attempts)`` when the caller must fall back."""
         body = None
         if self.client.protocol != "v2":
-            body = wire.encode_enhance([(r.symbol, r.bars, r.ss, r.bs) for r in requests])
-        prepared: list[Prepared] = []
-
-        def windows() -> np.ndarray:  # only for a V2 endpoint: features computed here
-            prepared[:] = [prepare_trimmed(self.bundle, r) for r in requests]
-            return np.stack([p.window for p in prepared])
-
+            items = [
+                (p.symbol, wire.BarArrays.from_ns(p.t_ns, p.ohlcv), p.ss, p.bs) for p in prepared
+            ]
+            body = wire.encode_enhance(items)
         try:
-            reply = self.client.enhance(body, windows)
+            reply = self.client.enhance(body, lambda: np.stack([p.window for p in prepared]))
             if reply.protocol == "v2":
                 results = self._finish(prepared, reply, t0)
             else:
-                results = self._results(reply, len(requests), t0)
+                results = self._results(reply, len(prepared), t0)
         except RemoteError as e:
             self._note(str(e))
             return None, str(e), int(getattr(e, "attempts", 0) or 0)
@@ -104,19 +94,37 @@ class RemoteMode:
         return results, None, reply.attempts
 
     def _results(self, reply: Any, n: int, t0: float) -> list[SignalResult]:
+        """A ``/v1/enhance`` answer -> results, annotated as remote ones."""
         try:
             docs = reply.doc["results"]
             if len(docs) != n:
                 raise ValueError(f"{len(docs)} results for {n} symbols")
-            results = [self._result(d, reply) for d in docs]
+            served = [from_server(d) for d in docs]
         except (KeyError, TypeError, ValueError) as e:
             raise RemoteError(f"malformed response from {reply.endpoint}: {e}") from None
         latency_ms = (time.perf_counter() - t0) * 1e3
-        for r in results:
-            r.ml_info["latency_ms"] = latency_ms
-        return results
+        return [
+            annotate(
+                r,
+                source="remote",
+                latency_ms=latency_ms,
+                endpoint=reply.endpoint,
+                attempts=reply.attempts,
+                reason=None,
+                server_latency_ms=r.ml_info["latency_ms"],
+                protocol="mlsignal",
+                **self._mismatch(r.ml_info["contract_hash"]),
+            )
+            for r in served
+        ]
 
-    def _finish(self, prepared: list[Prepared], reply: Any, t0: float) -> list[SignalResult]:
+    def _mismatch(self, theirs: Any) -> dict[str, str]:
+        if theirs == self.bundle.contract_hash:
+            return {}
+        text = f"server {str(theirs)[:12]}, local {self.bundle.contract_hash[:12]}"
+        return {"version_mismatch": f"{text} (accepted by setting)"}
+
+    def _finish(self, prepared: Sequence[Prepared], reply: Any, t0: float) -> list[SignalResult]:
         """A V2 server's model outputs -> results finished here (regime, Kelly, fusion)."""
         from mlsignal.client.v2 import short
 
@@ -126,10 +134,7 @@ class RemoteMode:
             raise RemoteError(f"malformed response from {reply.endpoint}: wrong batch size")
         latency_ms = (time.perf_counter() - t0) * 1e3
         extra: dict[str, Any] = {
-            "endpoint": reply.endpoint,
-            "attempts": reply.attempts,
             "server_latency_ms": None,
-            "fallback_reason": None,
             "protocol": "v2",
             "v2_model": doc["model_name"],
             "v2_version": doc["model_version"],
@@ -141,39 +146,23 @@ class RemoteMode:
                 f"{short(doc['model_version']) or '?'}, local {self.bundle.contract_hash[:12]} "
                 "(accepted by setting)"
             )
-        results = []
-        for p, out in zip(prepared, outputs, strict=True):
-            r = finish(
-                self.bundle,
-                p,
-                out,
-                device="remote",
-                backend=doc["platform"],
-                latency_ms=latency_ms,
-                source="remote",
+        return [
+            annotate(
+                finish(
+                    self.bundle,
+                    p,
+                    out,
+                    device="remote",
+                    backend=doc["platform"],
+                    latency_ms=latency_ms,
+                    source="remote",
+                    attempts=reply.attempts,
+                ),
+                endpoint=reply.endpoint,
+                **extra,
             )
-            r.ml_info.update(extra)
-            results.append(r)
-        return results
-
-    def _result(self, doc: dict[str, Any], reply: Any) -> SignalResult:
-        info = dict(doc["ml_info"])
-        info.update(
-            source="remote",
-            endpoint=reply.endpoint,
-            attempts=reply.attempts,
-            server_latency_ms=info.get("latency_ms"),
-            fallback_reason=None,
-            protocol="mlsignal",
-        )
-        if info.get("contract_hash") != self.bundle.contract_hash:
-            info["version_mismatch"] = (
-                f"server {str(info.get('contract_hash'))[:12]}, "
-                f"local {self.bundle.contract_hash[:12]} (accepted by setting)"
-            )
-        return SignalResult(
-            str(doc["symbol"]), float(doc["enhanced_ss"]), float(doc["enhanced_bs"]), info
-        )
+            for p, out in zip(prepared, outputs, strict=True)
+        ]
 
     def _note(self, reason: str | None) -> None:
         """Log once per state change: remote -> fallback, fallback -> remote."""

@@ -32,9 +32,10 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from mlsignal.data.validate import BAR_COLUMNS
 from mlsignal.errors import WireError
 
-BAR_KEYS = ("open", "high", "low", "close", "volume")
+BAR_KEYS = BAR_COLUMNS
 OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
 JSON_TYPE = "application/json"
 
@@ -53,10 +54,16 @@ def loads(body: bytes | str) -> Any:
 
 
 # --- bars ---------------------------------------------------------------------------------
-def encode_bars(bars: pd.DataFrame) -> dict[str, list]:
-    """Canonical bars -> columnar JSON-able dict with epoch-millisecond timestamps."""
+def encode_bars(bars: pd.DataFrame | BarArrays) -> dict[str, list]:
+    """Canonical bars (a DataFrame, or :class:`BarArrays`) -> columnar JSON-able dict with
+    epoch-millisecond timestamps."""
+    if isinstance(bars, BarArrays):
+        doc: dict[str, list] = {"t": bars.t_ms.tolist()}
+        for i, key in enumerate(BAR_KEYS):
+            doc[key] = bars.ohlcv[:, i].tolist()
+        return doc
     ts = bars.index.values.astype("datetime64[ms]").astype(np.int64)
-    doc: dict[str, list] = {"t": ts.tolist()}
+    doc = {"t": ts.tolist()}
     for key in BAR_KEYS:
         doc[key] = bars[key].to_numpy(dtype=np.float64).tolist()
     return doc
@@ -73,6 +80,12 @@ class BarArrays:
 
     t_ms: np.ndarray  # (n,) int64 epoch milliseconds
     ohlcv: np.ndarray  # (n, 5) float64, columns BAR_KEYS
+
+    @classmethod
+    def from_ns(cls, t_ns: np.ndarray, ohlcv: np.ndarray) -> BarArrays:
+        """Bars with int64 nanosecond timestamps, as the wire carries them (epoch ms)."""
+        t_ms = t_ns.astype("datetime64[ns]").astype("datetime64[ms]").astype(np.int64)
+        return cls(t_ms, ohlcv)
 
     def frame(self) -> pd.DataFrame:
         """The raw bars DataFrame, as :func:`decode_bars` returns it."""
@@ -154,7 +167,7 @@ class EnhanceCall:
 
 
 def encode_enhance(
-    items: Sequence[tuple[str, pd.DataFrame, float | None, float | None]],
+    items: Sequence[tuple[str, pd.DataFrame | BarArrays, float | None, float | None]],
     contract_hash: str | None = None,
     deadline_ms: float | None = None,
 ) -> dict[str, Any]:

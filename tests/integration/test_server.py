@@ -24,7 +24,7 @@ import pytest
 from bundle_helpers import other_model
 from mlsignal import wire
 from mlsignal.bundle import load_bundle
-from mlsignal.inference import SignalRequest, finish, prepare
+from mlsignal.pipeline import SignalRequest, finish, prepare
 from mlsignal.runtime import load_runtime
 
 pytestmark = pytest.mark.slow

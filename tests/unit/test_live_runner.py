@@ -231,3 +231,23 @@ def test_a_followed_file_is_recorded_bar_by_bar_as_lines_complete(local, data, t
     assert not thread.is_alive()
     expected = [ts.isoformat() for ts in frame.index[local.min_bars - 1 : local.min_bars + 2]]
     assert [r["bar_ts"] for r in _rows(db)] == expected
+
+
+def test_a_bad_bar_is_rejected_and_the_next_good_bar_goes_on(local, data, tmp_path):
+    spx = data["spx"].copy()
+    bad_ts = spx.index[-5]
+    spx.loc[bad_ts, "high"] = spx.loc[bad_ts, "low"] / 2  # high below low: not a bar
+    runner = LiveRunner(local, ReplayFeed({"spx": spx}), SqliteSink(tmp_path / "b.db"))
+    summary = runner.run()
+    assert summary.rejected == 1 and summary.errors == 0
+    assert summary.total == N_NEW - 1
+    rows = _rows(tmp_path / "b.db")
+    assert bad_ts.isoformat() not in {r["bar_ts"] for r in rows}
+    # the bar after it is scored on the good bars before it (the bad one never entered)
+    row = rows[-4]
+    assert row["bar_ts"] == spx.index[-4].isoformat()
+    bars = spx.drop(index=bad_ts).loc[: spx.index[-4]].iloc[-local.min_bars :]
+    ess, ebs, info = local.enhance_signal(bars, row["ss"], row["bs"])
+    assert (row["enhanced_ss"], row["enhanced_bs"], row["bull_prob"]) == (
+        ess, ebs, info["bull_prob"]
+    )  # fmt: skip

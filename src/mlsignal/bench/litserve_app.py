@@ -57,7 +57,7 @@ class EnhanceAPI(ls.LitAPI):
 
         from mlsignal import wire
         from mlsignal.errors import DataError
-        from mlsignal.inference import SignalRequest, prepare
+        from mlsignal.pipeline import SignalRequest, prepare
 
         t0 = time.perf_counter()
         try:
@@ -91,7 +91,7 @@ class EnhanceAPI(ls.LitAPI):
     def encode_response(self, output):  # noqa: ANN001, ANN201 (see decode_request)
         """``finish`` + ``result_to_wire`` per symbol, with the same fields as mlsignal's."""
         from mlsignal import wire
-        from mlsignal.inference import finish
+        from mlsignal.pipeline import finish
 
         t0, prepared, out = output
         latency_ms = (time.perf_counter() - t0) * 1e3

@@ -60,10 +60,11 @@ QUICK_SERVER = ServerBenchConfig(
 def enhance_body(bundle: Bundle, symbol: str = "SPX") -> bytes:
     """The exact ``/v1/enhance`` body the remote client sends for one symbol's last bar."""
     from mlsignal.data import load_sample
-    from mlsignal.inference import SignalRequest, trim_request
+    from mlsignal.pipeline import SignalRequest, prepare
 
-    r = trim_request(bundle, SignalRequest(symbol, load_sample("sp500")))  # as RemoteMode.trim
-    doc = wire.encode_enhance([(r.symbol, r.bars, r.ss, r.bs)])  # as RemoteMode.enhance
+    p = prepare(bundle, SignalRequest(symbol, load_sample("sp500")))  # as the enhancer does
+    arrays = wire.BarArrays.from_ns(p.t_ns, p.ohlcv)
+    doc = wire.encode_enhance([(p.symbol, arrays, p.ss, p.bs)])  # as RemoteMode.enhance
     doc.pop("deadline_ms")  # RemoteClient: takes the caller's deadline out, pins, dumps,
     doc["contract_hash"] = bundle.contract_hash  # then appends its own deadline_ms
     raw = wire.dumps(doc)
@@ -75,13 +76,14 @@ def serialisation_cost(
 ) -> dict[str, Any]:
     """Median ms of each JSON step of one enhance round trip, measured in-process."""
     from mlsignal.data import load_sample
-    from mlsignal.inference import SignalRequest, trim_request
+    from mlsignal.pipeline import SignalRequest, prepare
 
-    r = trim_request(bundle, SignalRequest("SPX", load_sample("sp500")))
+    p = prepare(bundle, SignalRequest("SPX", load_sample("sp500")))
+    arrays = wire.BarArrays.from_ns(p.t_ns, p.ohlcv)
     doc = wire.loads(response)
     steps = {
         "client_encode_request": lambda: wire.dumps(
-            wire.encode_enhance([("SPX", r.bars, r.ss, r.bs)])
+            wire.encode_enhance([("SPX", arrays, p.ss, p.bs)])
         ),
         "server_decode_request": lambda: wire.decode_enhance(wire.loads(body), 512, 5000),
         "server_encode_response": lambda: wire.dumps(doc),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from mlsignal.data.io import normalize_bars, read_bars
 from mlsignal.data.samples import SAMPLES, load_dataset, load_sample
-from mlsignal.data.validate import BAR_COLUMNS, validate_bars
+from mlsignal.data.validate import BAR_COLUMNS, check_bar, clean_arrays, validate_bars
 
 __all__ = [
     "BAR_COLUMNS",
     "SAMPLES",
+    "check_bar",
+    "clean_arrays",
     "load_dataset",
     "load_sample",
     "normalize_bars",

@@ -1,11 +1,21 @@
-"""Validation of the canonical bars frame.
+"""What a valid bar is, checked three ways with one set of rules and messages.
 
-:func:`validate_bars` runs on every bar of a live loop, so every check is one vectorised
-numpy pass; the slow path (finding and describing the first offending row) runs only when a
-check fails. Rows are named by their 0-based position and their timestamp.
+- :func:`validate_bars`: a canonical bars frame (the full path). Every check is one
+  vectorised numpy pass; the slow path (finding and describing the first offending row) runs
+  only when a check fails. Rows are named by their 0-based position and their timestamp.
+- :func:`clean_arrays`: whether wire arrays (epoch-ms timestamps, ``(n, 5)`` OHLCV) already
+  form canonical bars: one pass, no pandas, no message (the server's fast path; a ``False``
+  sends the bars the pandas way, which says what is wrong).
+- :func:`check_bar`: one bar of a live stream, with the same messages.
+
+The rules: finite, positive open/high/low/close; ``high >= max(open, close)``, ``low <=
+min(open, close)``; finite, non-negative volume; timestamps strictly increasing.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -130,3 +140,54 @@ def _check_volume(volume: np.ndarray, index: pd.DatetimeIndex) -> None:
     value = float(volume[pos])
     problem = "is not finite" if not np.isfinite(value) else "is negative"
     raise PriceError(f"{row_label(index, pos)}: volume {value!r} {problem}")
+
+
+def check_bar(label: str, values: Sequence[float]) -> None:
+    """Validate one bar ``(open, high, low, close, volume)`` by :func:`validate_bars`' rules,
+    with its messages; ``label`` names the bar in them."""
+    o, h, low, c, v = values
+    for name, x in zip(PRICE_COLUMNS, (o, h, low, c), strict=True):
+        if not (math.isfinite(x) and x > 0):
+            problem = "is not finite" if not math.isfinite(x) else "is not positive"
+            raise PriceError(f"{label}: {name} {x!r} {problem}")
+    if h < max(o, c):
+        other, value = ("close", c) if c > o else ("open", o)
+        raise PriceError(f"{label}: high {h!r} is below {other} {value!r}")
+    if low > min(o, c):
+        other, value = ("close", c) if c < o else ("open", o)
+        raise PriceError(f"{label}: low {low!r} is above {other} {value!r}")
+    if not (math.isfinite(v) and v >= 0):
+        problem = "is not finite" if not math.isfinite(v) else "is negative"
+        raise PriceError(f"{label}: volume {v!r} {problem}")
+
+
+#: Epoch-ms bounds of a nanosecond timestamp (pandas' 1677..2262), with a day of margin.
+T_MIN_MS = int(pd.Timestamp.min.value // 1_000_000) + 86_400_000
+T_MAX_MS = int(pd.Timestamp.max.value // 1_000_000) - 86_400_000
+
+
+def clean_arrays(t_ms: np.ndarray, ohlcv: np.ndarray) -> bool:
+    """Whether epoch-ms ``t_ms`` (n,) and ``ohlcv`` (n, 5) already form canonical bars.
+
+    True when ``normalize_bars`` would keep them as they are and :func:`validate_bars`
+    would pass them: at least one bar, timestamps strictly increasing and inside pandas'
+    nanosecond range, and the price and volume rules. One vectorised pass.
+    """
+    n = len(t_ms)
+    if n == 0 or ohlcv.shape != (n, 5):
+        return False
+    if n > 1 and not (t_ms[1:] > t_ms[:-1]).all():
+        return False
+    if not (t_ms[0] >= T_MIN_MS and t_ms[-1] <= T_MAX_MS):
+        return False
+    o, h, low, c, v = ohlcv.T
+    with np.errstate(invalid="ignore"):
+        prices_ok = (ohlcv[:, :4] > 0).all() and np.isfinite(ohlcv[:, :4]).all()
+        ok = (
+            prices_ok
+            and (h >= np.maximum(o, c)).all()
+            and (low <= np.minimum(o, c)).all()
+            and (v >= 0).all()
+            and np.isfinite(v).all()
+        )
+    return bool(ok)

@@ -1,6 +1,6 @@
 """Scores of every evaluated bar through the very code path of ``enhance_signal``.
 
-Each bar ``t`` becomes one :class:`~mlsignal.inference.SignalRequest` holding the bars up to
+Each bar ``t`` becomes one :class:`~mlsignal.pipeline.SignalRequest` holding the bars up to
 ``t`` (the last ``min_bars`` of them, which is all the enhancer ever looks at), with ``ss`` and
 ``bs`` left to the built-in rules. The requests go through
 :meth:`MLSignalEnhancer.enhance_batch` in chunks: the same trimming, rule scores, feature
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mlsignal.errors import MLSignalError
-from mlsignal.inference import SignalRequest
+from mlsignal.pipeline import SignalRequest
 from mlsignal.training.labels import LabelConfig, triple_barrier_labels
 
 #: Per-bar columns of :func:`score_bars`, in order.

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import talib
 
+from mlsignal.data.validate import BAR_COLUMNS
 from mlsignal.errors import (
     ConfigError,
     DataError,
@@ -31,7 +32,7 @@ from mlsignal.errors import (
 )
 from mlsignal.features.schema import DEFAULT_SCHEMA, FEATURE_CLIP, FEATURE_NAMES, FeatureSchema
 
-OHLCV: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+OHLCV = BAR_COLUMNS  # the canonical column order
 
 #: Index of the first row where every feature is defined (SMA50 needs 50 bars). A schema's
 #: ``warmup`` must be at least this; the default 192 also lets EMA/Wilder recursions converge.
@@ -261,13 +262,17 @@ def _check_schema(schema: FeatureSchema) -> None:
         raise ConfigError(f"schema warmup {schema.warmup} < {INDICATOR_LOOKBACK} bars needed")
 
 
-def _bar_label(bars: Bars, pos: int) -> str:
+def _bar_label(bars: Bars, pos: int, index: np.ndarray | None = None) -> str:
+    if index is not None:
+        return f"bar {pos} ({pd.Timestamp(int(index[pos]))})"
     if isinstance(bars, pd.DataFrame):
         return f"bar {pos} ({bars.index[pos]})"
     return f"bar {pos}"
 
 
-def _check_finite(windows: np.ndarray, bars: Bars, ends: np.ndarray) -> None:
+def _check_finite(
+    windows: np.ndarray, bars: Bars, ends: np.ndarray, index: np.ndarray | None = None
+) -> None:
     """Raise FeatureSchemaError naming the first non-finite feature and its bar."""
     bad = ~np.isfinite(windows)
     if not bad.any():
@@ -275,17 +280,20 @@ def _check_finite(windows: np.ndarray, bars: Bars, ends: np.ndarray) -> None:
     i, t, f = (int(x) for x in np.argwhere(bad)[0])
     pos = int(ends[i]) - windows.shape[1] + 1 + t
     raise FeatureSchemaError(
-        f"feature {FEATURE_NAMES[f]!r} is {windows[i, t, f]} at {_bar_label(bars, pos)}; "
+        f"feature {FEATURE_NAMES[f]!r} is {windows[i, t, f]} at {_bar_label(bars, pos, index)}; "
         "check the bars for NaN, zero or negative prices"
     )
 
 
-def feature_window(bars: Bars, schema: FeatureSchema = DEFAULT_SCHEMA) -> np.ndarray:
+def feature_window(
+    bars: Bars, schema: FeatureSchema = DEFAULT_SCHEMA, index: np.ndarray | None = None
+) -> np.ndarray:
     """The model input for the last bar: float32 array of shape ``(schema.window, F)``.
 
     Computed from exactly the last ``schema.lookback`` bars (earlier bars are ignored).
     Raises :class:`InsufficientDataError` with fewer bars, :class:`FeatureSchemaError` if a
-    feature is not finite (naming the feature and the bar).
+    feature is not finite (naming the feature and the bar; ``index``, int64 ns timestamps
+    of ``bars``, dates an array's bars as a DataFrame's index does).
     """
     n = len(bars)
     if n < schema.lookback:
@@ -293,11 +301,14 @@ def feature_window(bars: Bars, schema: FeatureSchema = DEFAULT_SCHEMA) -> np.nda
             f"got {n} bars, need at least {schema.lookback} "
             f"(window {schema.window} + warmup {schema.warmup})"
         )
-    return feature_windows(bars, [n - 1], schema)[0]
+    return feature_windows(bars, [n - 1], schema, index)[0]
 
 
 def feature_windows(
-    bars: Bars, ends: Sequence[int] | np.ndarray, schema: FeatureSchema = DEFAULT_SCHEMA
+    bars: Bars,
+    ends: Sequence[int] | np.ndarray,
+    schema: FeatureSchema = DEFAULT_SCHEMA,
+    index: np.ndarray | None = None,
 ) -> np.ndarray:
     """Windows ending at each of ``ends`` (integer bar positions): float32 ``(N, T, F)``.
 
@@ -321,5 +332,5 @@ def feature_windows(
         s = e - lb + 1
         sl = slice(s, e + 1)
         out[i] = _feature_matrix(o[sl], h[sl], low[sl], c[sl], v[sl], rows=t)
-    _check_finite(out, bars, ends)
+    _check_finite(out, bars, ends, index)
     return out

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from mlsignal.data.io import _EPOCH_UNITS, _YYYYMMDD, normalize_bars
-from mlsignal.data.validate import BAR_COLUMNS, PRICE_COLUMNS
+from mlsignal.data.validate import BAR_COLUMNS, check_bar
 from mlsignal.errors import (
     FeatureSchemaError,
     InsufficientDataError,
@@ -125,28 +125,6 @@ def _float(value: Any, name: str, ts: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise PriceError(f"bar {ts}: {name} {value!r} is not a number") from None
-
-
-def check_bar(label: str, values: Sequence[float]) -> None:
-    """Validate one bar as :func:`mlsignal.data.validate_bars` does a frame; same messages.
-
-    Finite, positive prices; ``high >= max(open, close)``, ``low <= min(open, close)``;
-    finite, non-negative volume. ``label`` names the bar in the message.
-    """
-    o, h, low, c, v = values
-    for name, x in zip(PRICE_COLUMNS, (o, h, low, c), strict=True):
-        if not (math.isfinite(x) and x > 0):
-            problem = "is not finite" if not math.isfinite(x) else "is not positive"
-            raise PriceError(f"{label}: {name} {x!r} {problem}")
-    if h < max(o, c):
-        other, value = ("close", c) if c > o else ("open", o)
-        raise PriceError(f"{label}: high {h!r} is below {other} {value!r}")
-    if low > min(o, c):
-        other, value = ("close", c) if c < o else ("open", o)
-        raise PriceError(f"{label}: low {low!r} is above {other} {value!r}")
-    if not (math.isfinite(v) and v >= 0):
-        problem = "is not finite" if not math.isfinite(v) else "is negative"
-        raise PriceError(f"{label}: volume {v!r} {problem}")
 
 
 # --- one symbol -----------------------------------------------------------------------------
@@ -366,16 +344,6 @@ class FeatureStream:
         The GARCH input, as ``np.diff(np.log(bars["close"]))`` of the same bars.
         """
         return np.diff(np.log(self.arrays(k)[3]))
-
-    def rule_scores(self, config: Any = None, k: int | None = None) -> tuple[float, float]:
-        """``(ss, bs)`` of the last bar from the built-in MACD rules over the last ``k`` bars
-        (all held when ``None``); equal to ``last_rule_scores`` of the same bars."""
-        from mlsignal.rules.macd import RuleConfig, last_score  # rules sit above features
-
-        if self._n == 0:
-            raise InsufficientDataError("stream holds no bars; rule scores need at least one")
-        _, h, low, c, _ = self.arrays(k)
-        return last_score(h, low, c, config or RuleConfig())
 
 
 # --- many symbols ---------------------------------------------------------------------------

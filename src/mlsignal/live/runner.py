@@ -1,9 +1,11 @@
 """The bar loop: feed -> scores (rules or hook) -> enhancer -> sink.
 
 For each group of closed bars the feed delivers (the bars of one bar time, across symbols),
-:class:`LiveRunner` appends each bar to its symbol's buffer, scores it, enhances every
-symbol of the group in one ``enhance_batch`` call (one forward pass, or one request to the
-server) and writes the group's records in one transaction.
+:class:`LiveRunner` appends each bar to its symbol's
+:class:`~mlsignal.features.FeatureStream` (validating that bar alone), scores it, prepares
+every symbol of the group from its stream (:func:`~mlsignal.pipeline.prepare_stream`: no
+DataFrame), enhances them in one ``enhance_prepared`` call (one forward pass, or one
+request to the server) and writes the group's records in one transaction.
 
 Which bars are recorded: every bar that has at least ``enhancer.min_bars`` bars of history
 (itself included) and is newer than the symbol's last recorded bar. Bars before that are
@@ -14,19 +16,22 @@ recorded bar forbids a gap, because a group is committed as a whole, in time ord
 
 Restart: :meth:`LiveRunner.run` reads the last recorded bar per symbol from the sink and
 passes it to the feed with the context it needs (``history_bars``); bars at or before it only
-refill the buffer.
+refill the symbol's stream.
 
-Per-bar deadline: with ``bar_deadline_ms`` the enhancer runs on a worker thread and the loop
-waits at most that long. Without an answer by then, the group is recorded with the fallback
-result: the raw scores unchanged (``enhanced_ss = ss``, ``enhanced_bs = bs``), ``bull_prob``
-0.5, ``kelly`` 0, the GARCH regime, ``source = "rules"`` and ``fallback_reason`` starting with
-``"deadline"``. The first write wins: the late answer is discarded when it comes (counted as
-``late_answers``), never recorded. While a late call still occupies the worker, the next
+A bar that fails validation (a NaN price, high below close) is not added: it is logged,
+counted as ``rejected`` and never recorded; the symbol's next good bar goes on from the bars
+before it. A bar not later than the symbol's last is counted as a duplicate and ignored.
+
+Per-bar deadline: with ``bar_deadline_ms`` the forward pass runs on a worker thread (the
+group is prepared before, on the loop's thread) and the loop waits at most that long.
+Without an answer by then, the group is recorded with the fallback result
+(:func:`~mlsignal.pipeline.finish` with no model output): the raw scores unchanged
+(``enhanced_ss = ss``, ``enhanced_bs = bs``), ``bull_prob`` 0.5, ``kelly`` 0, the GARCH
+regime, ``source = "rules"`` and ``fallback_reason`` starting with ``"deadline"``. The
+first write wins: the late answer is discarded when it comes (counted as ``late_answers``),
+never recorded. While a late call still occupies the worker, the next
 call waits behind it within its own deadline. An enhancer error (a bug, a broken device) is
 recorded the same way with ``fallback_reason = "error: ..."``: a bar is never dropped.
-
-Where a streaming enhancer (``enhance_bar`` with incremental features) lands: it replaces
-the ``enhance_batch`` call in :meth:`LiveRunner._enhance`; the buffers stay as they are.
 """
 
 from __future__ import annotations
@@ -35,23 +40,22 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from mlsignal.data import BAR_COLUMNS
-from mlsignal.errors import ConfigError
-from mlsignal.inference import SignalRequest, SignalResult
+from mlsignal.errors import ConfigError, DataError
+from mlsignal.features import FeatureStreams
 from mlsignal.live.feeds import Bar, Feed, Resume
 from mlsignal.live.scores import ScoreFn, call_hook, rule_scores_hook
 from mlsignal.live.sink import Record, Sink
-from mlsignal.models.garch import classify_regime, garch_forecast
+from mlsignal.pipeline import Prepared, SignalResult, finish, prepare_stream
+from mlsignal.rules import last_score
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class LiveSummary:
     warmup: Counter[str] = field(default_factory=Counter)  # bars with too little history
     already_recorded: int = 0  # bars at or before the resume point (context only)
     duplicates: int = 0  # bars the feed repeated or the sink already had
+    rejected: int = 0  # bars that failed validation (not added, not recorded)
     deadline_misses: int = 0
     errors: int = 0
     late_answers: int = 0  # enhancer answers that came after their bar was recorded
@@ -85,43 +90,11 @@ class LiveSummary:
         )
         out.append(
             f"warm-up {sum(self.warmup.values())}, already recorded {self.already_recorded}, "
-            f"duplicates {self.duplicates}, deadline misses {self.deadline_misses}, "
+            f"duplicates {self.duplicates}, rejected {self.rejected}, "
+            f"deadline misses {self.deadline_misses}, "
             f"late answers discarded {self.late_answers}, enhancer errors {self.errors}"
         )
         return out
-
-
-def rules_only_info(
-    bundle: Any, req: SignalRequest, latency_ms: float, reason: str
-) -> dict[str, Any]:
-    """``ml_info`` of a bar no model answered for: the keys of a model result, neutral values.
-
-    ``bull_prob`` 0.5, ``kelly`` 0 (flat), model outputs ``None``, the GARCH regime of the
-    bars (cheap, no model needed), ``source`` ``"rules"`` and the ``fallback_reason``.
-    """
-    close = req.bars["close"].to_numpy(dtype=np.float64)
-    regime_vol = float(garch_forecast(bundle.garch, np.diff(np.log(close))))
-    return {
-        "bull_prob": 0.5,
-        "regime_vol": regime_vol,
-        "regime": classify_regime(bundle.garch, regime_vol),
-        "kelly": 0.0,
-        "kelly_side": "flat",
-        "p_lstm": None,
-        "p_tft": None,
-        "rule_ss": float(req.ss),  # type: ignore[arg-type]
-        "rule_bs": float(req.bs),  # type: ignore[arg-type]
-        "model_version": bundle.model_version,
-        "contract_hash": bundle.contract_hash,
-        "source": "rules",
-        "device": "none",
-        "backend": "none",
-        "latency_ms": latency_ms,
-        "bar_ts": req.bars.index[-1].isoformat(),
-        "fallback_reason": reason,
-        "endpoint": None,
-        "attempts": 0,
-    }
 
 
 class _Worker:
@@ -156,7 +129,7 @@ class LiveRunner:
 
     Args:
         enhancer: an :class:`~mlsignal.enhancer.MLSignalEnhancer` (anything with
-            ``bundle``, ``min_bars`` and ``enhance_batch``).
+            ``bundle``, ``min_bars`` and ``enhance_prepared``).
         feed: a :class:`~mlsignal.live.feeds.Feed`.
         sink: a :class:`~mlsignal.live.sink.Sink`; its ``last_recorded`` is the resume point.
         scores: score hook ``(symbol, bars) -> (ss, bs)``; default the built-in rules.
@@ -189,7 +162,8 @@ class LiveRunner:
         self.deadline_s = None if bar_deadline_ms is None else bar_deadline_ms / 1e3
         self.summary = LiveSummary()
         self._stop = threading.Event()
-        self._buffers: dict[str, deque[Bar]] = {}
+        #: The last ``keep`` bars of each symbol (a run starts empty: resume refills them).
+        self.streams = FeatureStreams(enhancer.bundle.schema, capacity=self.keep)
         self._last: dict[str, pd.Timestamp] = {}
         self._worker: _Worker | None = None
         self._failing: str | None = None
@@ -229,21 +203,20 @@ class LiveRunner:
 
     # --- one group of bars -------------------------------------------------------------------
     def process(self, group: Sequence[Bar]) -> int:
-        """Buffer, score, enhance and record one group of bars; returns the rows added."""
+        """Add, score, enhance and record one group of bars; returns the rows added."""
         due = [bar for bar in group if self._admit(bar)]
         if not due:
             return 0
-        windows = {bar.symbol: self._frame(bar.symbol) for bar in due}
-        requests = []
-        for bar in due:
-            ss, bs = call_hook(self.scores, bar.symbol, windows[bar.symbol])
-            tail = windows[bar.symbol].iloc[-self.min_bars :]
-            requests.append(SignalRequest(bar.symbol, tail, ss, bs))
-        results = self._enhance(requests)
+        bundle = self.enhancer.bundle
+        prepared = [
+            prepare_stream(bundle, bar.symbol, self.streams[bar.symbol], *self._scores(bar.symbol))
+            for bar in due
+        ]
+        results = self._enhance(prepared)
         records = [
-            Record(bar.symbol, bar.ts, bar.close, req.ss, req.bs, r.enhanced_ss, r.enhanced_bs,
+            Record(bar.symbol, bar.ts, bar.close, p.ss, p.bs, r.enhanced_ss, r.enhanced_bs,
                    r.ml_info)
-            for bar, req, r in zip(due, requests, results, strict=True)
+            for bar, p, r in zip(due, prepared, results, strict=True)
         ]  # fmt: skip
         added = self.sink.write(records)
         self.summary.duplicates += len(records) - added
@@ -254,14 +227,21 @@ class LiveRunner:
         return added
 
     def _admit(self, bar: Bar) -> bool:
-        """Buffer ``bar``; True when it must be recorded (enough history, not yet recorded)."""
-        buf = self._buffers.setdefault(bar.symbol, deque(maxlen=self.keep))
-        if buf and bar.ts <= buf[-1].ts:
+        """Add ``bar`` to its stream; True when it must be recorded (enough history, not yet
+        recorded). A repeated or invalid bar is not added."""
+        stream = self.streams.stream(bar.symbol)
+        ns = int(bar.ts.value)
+        if stream.last_ns is not None and ns <= stream.last_ns:
             self.summary.duplicates += 1
             log.debug("%s bar %s delivered again; ignored", bar.symbol, bar.ts)
             return False
-        buf.append(bar)
-        if len(buf) < self.min_bars:
+        try:
+            stream.append_values(ns, *bar[2:])
+        except DataError as e:
+            self.summary.rejected += 1
+            log.error("bar rejected, not recorded: %s", e)
+            return False
+        if len(stream) < self.min_bars:
             self.summary.warmup[bar.symbol] += 1
             return False
         last = self._last.get(bar.symbol)
@@ -270,18 +250,21 @@ class LiveRunner:
             return False
         return True
 
-    def _frame(self, symbol: str) -> pd.DataFrame:
-        buf = self._buffers[symbol]
-        index = pd.DatetimeIndex([b.ts for b in buf], name="timestamp")
-        values = np.array([b[2:] for b in buf], dtype=np.float64)  # (n, 5) OHLCV
-        return pd.DataFrame(values, index=index, columns=list(BAR_COLUMNS))
+    def _scores(self, symbol: str) -> tuple[float, float]:
+        """The raw ``(ss, bs)`` of the symbol's last bar over its last ``keep`` bars: the
+        built-in rules on the stream's arrays, or the user's hook on a DataFrame of them."""
+        stream = self.streams[symbol]
+        if self.scores is rule_scores_hook:  # what the hook computes, without a DataFrame
+            _, high, low, close, _ = stream.arrays(self.keep)
+            return last_score(high, low, close)
+        return call_hook(self.scores, symbol, stream.frame(self.keep))
 
     # --- the enhancer, under the deadline ----------------------------------------------------
-    def _enhance(self, requests: list[SignalRequest]) -> list[SignalResult]:
+    def _enhance(self, prepared: list[Prepared]) -> list[SignalResult]:
         t0 = time.perf_counter()
         if self._worker is None:
-            return self._call_enhancer(requests, t0)
-        fut = self._worker.submit(lambda: self.enhancer.enhance_batch(requests))
+            return self._call_enhancer(prepared, t0)
+        fut = self._worker.submit(lambda: self.enhancer.enhance_prepared(prepared, t0))
         try:
             results = fut.result(timeout=self.deadline_s)
         except FutureTimeout:
@@ -292,39 +275,38 @@ class LiveRunner:
             why = " (the enhancer was still busy with an earlier late call)" if queued else ""
             reason = f"deadline: no answer within {self.deadline_s * 1e3:g} ms{why}"
             self._note(reason.split(" (")[0])
-            return self._fallback(requests, t0, reason)
+            return self._fallback(prepared, t0, reason)
         except Exception as e:  # the enhancer itself failed: record the bar anyway
-            return self._failed(requests, t0, e)
+            return self._failed(prepared, t0, e)
         self._note(None)
         return results
 
-    def _call_enhancer(self, requests: list[SignalRequest], t0: float) -> list[SignalResult]:
+    def _call_enhancer(self, prepared: list[Prepared], t0: float) -> list[SignalResult]:
         try:
-            results = self.enhancer.enhance_batch(requests)
+            results = self.enhancer.enhance_prepared(prepared, t0)
         except Exception as e:  # the enhancer itself failed: record the bar anyway
-            return self._failed(requests, t0, e)
+            return self._failed(prepared, t0, e)
         self._note(None)
         return results
 
-    def _failed(self, requests: list[SignalRequest], t0: float, e: Exception) -> list[SignalResult]:
+    def _failed(self, prepared: list[Prepared], t0: float, e: Exception) -> list[SignalResult]:
         self.summary.errors += 1
         reason = f"error: {type(e).__name__}: {e}"
         self._note(reason)
-        return self._fallback(requests, t0, reason)
+        return self._fallback(prepared, t0, reason)
 
     def _late(self, fut: Future) -> None:
         self.summary.late_answers += 1
         log.debug("a late enhancer answer was discarded: its bars were recorded with the fallback")
 
-    def _fallback(
-        self, requests: list[SignalRequest], t0: float, reason: str
-    ) -> list[SignalResult]:
+    def _fallback(self, prepared: list[Prepared], t0: float, reason: str) -> list[SignalResult]:
         """The rules-only result: raw scores unchanged, GARCH regime, bull_prob 0.5, kelly 0."""
         latency_ms = (time.perf_counter() - t0) * 1e3
+        bundle = self.enhancer.bundle
         return [
-            SignalResult(req.symbol, float(req.ss), float(req.bs),  # type: ignore[arg-type]
-                         rules_only_info(self.enhancer.bundle, req, latency_ms, reason))
-            for req in requests
+            finish(bundle, p, None, device="none", backend="none", latency_ms=latency_ms,
+                   reason=reason)
+            for p in prepared
         ]  # fmt: skip
 
     def _note(self, reason: str | None) -> None:

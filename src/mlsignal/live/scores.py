@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from mlsignal.errors import ConfigError, DataError
-from mlsignal.inference import check_score
+from mlsignal.pipeline import check_score
 from mlsignal.rules import last_rule_scores
 
 ScoreFn = Callable[[str, pd.DataFrame], tuple[float, float]]

@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 
 from mlsignal import wire
 from mlsignal.errors import BundleError, DataError, MLSignalError
-from mlsignal.inference import Prepared, finish, prepare_arrays, with_regime_vols
+from mlsignal.pipeline import Prepared, finish, prepare_arrays, with_regime_vols
 from mlsignal.server import v2
 from mlsignal.server.auth import AuthMiddleware
 from mlsignal.server.batcher import DeadlineError, DrainingError, QueueFullError
@@ -169,7 +169,7 @@ def decode_enhance(body: bytes, config: ServerConfig) -> wire.EnhanceCall:
 
 def prepare_items(state: ModelState, items: list[wire.EnhanceItem]) -> list[Prepared]:
     """Items -> prepared windows with their GARCH ``regime_vol`` (numpy, no pandas on clean
-    bars); the same numbers and errors as :func:`~mlsignal.inference.prepare`."""
+    bars); the same numbers and errors as :func:`~mlsignal.pipeline.prepare`."""
     bundle = state.bundle
     prepared = [
         prepare_arrays(bundle, i.symbol, i.arrays.t_ms, i.arrays.ohlcv, i.ss, i.bs, i.arrays.frame)
