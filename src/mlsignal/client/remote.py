@@ -561,10 +561,7 @@ class RemoteClient:
     def _fail(
         self, cls: type[RemoteError], message: str, attempts: int, endpoint: str | None
     ) -> RemoteError:
-        err = cls(self._scrub(message))
-        err.attempts = attempts
-        err.endpoint = endpoint
-        return err
+        return cls(self._scrub(message), attempts=attempts, endpoint=endpoint)
 
 
 def _read(response: httpx.Response, deadline: Deadline, url: str) -> bytes:

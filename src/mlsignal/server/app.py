@@ -21,19 +21,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
 from mlsignal import wire
-from mlsignal.errors import BundleError, DataError, MLSignalError
+from mlsignal.errors import (
+    BundleError,
+    DataError,
+    DeadlineError,
+    DrainingError,
+    MLSignalError,
+    QueueFullError,
+    ReloadBusyError,
+    VersionPinError,
+)
 from mlsignal.inference import Prepared, finish, prepare_arrays, with_regime_vols
 from mlsignal.server import v2
 from mlsignal.server.auth import AuthMiddleware
-from mlsignal.server.batcher import DeadlineError, DrainingError, QueueFullError
 from mlsignal.server.limits import BodyLimitMiddleware, note_error
 from mlsignal.server.metrics import CONTENT_TYPE, MetricsMiddleware
 from mlsignal.server.state import (
     ModelState,
-    ReloadBusyError,
     ServerConfig,
     Services,
-    VersionPinError,
     check_pin,
     json_response,
     model_fields,

@@ -8,7 +8,7 @@ company); windows that arrive while a batch runs accumulate and go together, up 
 ``max_batch``, as soon as the worker is free. Only when several requests are already waiting
 for an idle worker (concurrent clients) does the collector wait up to ``max_wait_ms`` (from
 the oldest arrival) for the batch to fill. The queue is bounded in windows: a request that
-would overflow it is refused at once (:class:`QueueFullError`, a 503).
+would overflow it is refused at once (:class:`~mlsignal.errors.QueueFullError`, a 503).
 
 With ``inline_windows`` > 0, a request of at most that many windows that finds the worker
 idle and the queue empty runs ``predict`` right there on the event loop: nothing is running
@@ -34,21 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from mlsignal.errors import UnavailableError
+from mlsignal.errors import DeadlineError, DrainingError, QueueFullError
 
 log = logging.getLogger(__name__)
-
-
-class QueueFullError(UnavailableError):
-    """The batch queue holds ``max_queue`` windows already: answer 503 with Retry-After."""
-
-
-class DrainingError(UnavailableError):
-    """The server is shutting down and takes no new work."""
-
-
-class DeadlineError(UnavailableError):
-    """The request's deadline passed before its batch ran; it was not computed."""
 
 
 @dataclass
@@ -106,18 +94,19 @@ class Batcher:
     ) -> np.ndarray:
         """Predict ``windows`` ``(n, T, F)`` in some batch; returns ``(n, 3)``.
 
-        ``deadline`` is an absolute ``loop.time()``. Raises :class:`QueueFullError`,
-        :class:`DrainingError` or :class:`DeadlineError`.
+        ``deadline`` is an absolute ``loop.time()``. Raises
+        :class:`~mlsignal.errors.QueueFullError`, :class:`~mlsignal.errors.DrainingError` or
+        :class:`~mlsignal.errors.DeadlineError`.
         """
         loop = asyncio.get_running_loop()
         n = len(windows)
         if self._closing or self._task is None:
-            raise DrainingError("the server is shutting down")
+            raise DrainingError()
         if self._queued and self._queued + n > self.max_queue:
-            raise QueueFullError(f"queue full ({self._queued} windows waiting)")
+            raise QueueFullError(self._queued)
         now = loop.time()
         if deadline is not None and now >= deadline:
-            raise DeadlineError("deadline exceeded before inference")
+            raise DeadlineError()
         if n <= self.inline_windows and not self._running and not self._queue:
             self._on_batch(n)
             return runtime.predict(windows)  # idle: run now, on the loop (module docstring)
@@ -194,7 +183,7 @@ class Batcher:
             if item.future.done():
                 continue
             if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineError("deadline exceeded before inference"))
+                item.future.set_exception(DeadlineError())
                 continue
             live.append(item)
         return live

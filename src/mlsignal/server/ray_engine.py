@@ -39,10 +39,17 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
-from mlsignal.errors import BundleError, ConfigError, DataError, UnavailableError
+from mlsignal.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    DeadlineError,
+    DrainingError,
+    QueueFullError,
+    ReplicaUnavailableError,
+)
 from mlsignal.runtime.base import PARITY_ATOL
 from mlsignal.server.app import RETRY_AFTER_S, create_app
-from mlsignal.server.batcher import DeadlineError, DrainingError, QueueFullError
 from mlsignal.server.limits import note_error
 from mlsignal.server.state import ModelState, ServerConfig, json_response, load_model
 
@@ -57,10 +64,6 @@ RELOAD_REFUSED = (
     "bundle (mlsignal serve --engine ray --app-name ... --route-prefix ...) and move the "
     "trading hosts to it, or redeploy this one (see docs/scaling.md)"
 )
-
-
-class ReplicaUnavailableError(UnavailableError):
-    """No model replica answered (one died, or a rollout is in progress): answered 503."""
 
 
 @dataclass(frozen=True)
@@ -166,9 +169,7 @@ class RemoteModel:
 
 def _check_hash(got: str, want: str) -> None:
     if got != want:
-        raise ReplicaUnavailableError(
-            f"a model replica serves {got[:12]}, this ingress {want[:12]} (rollout in progress)"
-        )
+        raise ReplicaUnavailableError.serving_other(got, want)
 
 
 class RayForwarder:
@@ -206,19 +207,19 @@ class RayForwarder:
         """Forward ``windows`` ``(n, T, F)`` in chunks of ``max_batch``; returns ``(n, 3)``."""
         n = len(windows)
         if self._closing:
-            raise DrainingError("the server is shutting down")
+            raise DrainingError()
         if self._in_flight and self._in_flight + n > self.max_queue:
-            raise QueueFullError(f"queue full ({self._in_flight} windows in flight)")
+            raise QueueFullError(self._in_flight, state="in flight")
         loop = asyncio.get_running_loop()
         timeout = None if deadline is None else deadline - loop.time()
         if timeout is not None and timeout <= 0:
-            raise DeadlineError("deadline exceeded before inference")
+            raise DeadlineError()
         chunks = [windows[i : i + self.max_batch] for i in range(0, n, self.max_batch)]
         self._enter(n)
         try:
             outs = await asyncio.wait_for(asyncio.gather(*map(self._one, chunks)), timeout)
         except TimeoutError:
-            raise DeadlineError("deadline exceeded before the replicas answered") from None
+            raise DeadlineError("the replicas answered") from None
         finally:
             self._leave(n)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)

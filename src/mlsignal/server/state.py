@@ -23,7 +23,7 @@ from fastapi import Request, Response
 
 from mlsignal import wire
 from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
-from mlsignal.errors import MLSignalError
+from mlsignal.errors import ReloadBusyError, VersionPinError
 from mlsignal.runtime import load_runtime
 from mlsignal.runtime.base import check_parity
 from mlsignal.server.batcher import Batcher
@@ -100,10 +100,6 @@ def load_model(
     return ModelState(bundle, runtime, Path(path), worst, warm_ms, loaded_at)
 
 
-class ReloadBusyError(MLSignalError):
-    """A reload is already running."""
-
-
 class ModelHolder:
     """Holds the current :class:`ModelState`; :meth:`reload` swaps it atomically."""
 
@@ -129,7 +125,7 @@ class ModelHolder:
         On any failure the current model stays and the error propagates.
         """
         if self._busy:
-            raise ReloadBusyError("a reload is already in progress")
+            raise ReloadBusyError()
         self._busy = True
         try:
             target = Path(path) if path is not None else self.current.path
@@ -179,10 +175,6 @@ def inline_safe(state: ModelState) -> bool:
     return state.backend == "onnx" and state.device == "cpu"
 
 
-class VersionPinError(MLSignalError):
-    """The request pinned a contract hash that is not the served model's."""
-
-
 class Services:
     """What the routes share: config, model holder, batcher, metrics, the feature pool."""
 
@@ -229,10 +221,7 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
 def check_pin(pinned: str | None, state: ModelState) -> None:
     """Raise :class:`VersionPinError` when ``pinned`` is not the served contract hash."""
     if pinned is not None and pinned != state.bundle.contract_hash:
-        raise VersionPinError(
-            f"model version mismatch: server has {state.bundle.contract_hash}, "
-            f"request pinned {pinned}"
-        )
+        raise VersionPinError(state.bundle.contract_hash, pinned)
 
 
 def model_fields(state: ModelState) -> dict[str, str]:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.exceptions import HTTPException
 
 from mlsignal import __version__, wire
+from mlsignal.errors import V2Error
 from mlsignal.server.state import ModelState, Services, json_response, services
 
 MODEL_NAME = "mlsignal"
@@ -25,10 +26,6 @@ DATATYPE = "FP32"
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}
 
 router = APIRouter(prefix="/v2")
-
-
-class V2Error(wire.WireError):
-    """A bad V2 request (answered 400 on /v2 paths)."""
 
 
 def _model(svc: Services, name: str, version: str | None) -> ModelState:
