@@ -35,7 +35,6 @@ import pandas as pd
 from mlsignal.errors import WireError
 
 BAR_KEYS = ("open", "high", "low", "close", "volume")
-OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
 JSON_TYPE = "application/json"
 
 

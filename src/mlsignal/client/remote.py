@@ -42,6 +42,7 @@ from mlsignal.client.endpoints import (
 from mlsignal.client.policy import Clock, Deadline, RetryPolicy, describe_failure, error_text
 from mlsignal.config import Settings
 from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
+from mlsignal.signature import INPUT_NAME, MODEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class RemoteClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         protocol: str = "mlsignal",
-        model_name: str = v2.DEFAULT_MODEL_NAME,
+        model_name: str = MODEL_NAME,
     ) -> None:
         self.urls = check_urls(urls)
         self.protocol = v2.check_protocol(protocol)
@@ -333,7 +334,7 @@ class RemoteClient:
             if tuple(shape[1:]) != target.window:
                 raise RemoteError(
                     f"V2 model {target.model!r} at {url} signature mismatch: input "
-                    f"{v2.INPUT_NAME!r} is [-1, {target.window[0]}, {target.window[1]}], the "
+                    f"{INPUT_NAME!r} is [-1, {target.window[0]}, {target.window[1]}], the "
                     f"local bundle makes [-1, {shape[1]}, {shape[2]}]"
                 )
             return _Send("POST", target.infer_path, data, target=target, n=shape[0])

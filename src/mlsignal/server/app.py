@@ -45,6 +45,7 @@ from mlsignal.server.state import (
     model_fields,
     services,
 )
+from mlsignal.signature import OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ async def predict_route(request: Request) -> Response:
     check_pin(doc.get("contract_hash") if isinstance(doc, dict) else None, state)
     windows = await svc.blocking(wire.decode_windows, doc, shape, svc.config.max_symbols)
     out = await svc.batcher.submit(state.runtime, windows)
-    names = list(wire.OUTPUT_NAMES)
+    names = list(OUTPUT_NAMES)
     return json_response({"names": names, "outputs": out, **model_fields(state)})
 
 
