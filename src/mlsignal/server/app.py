@@ -34,6 +34,7 @@ from mlsignal.errors import (
 from mlsignal.inference import Prepared, finish, prepare_arrays, with_regime_vols
 from mlsignal.server import v2
 from mlsignal.server.auth import AuthMiddleware
+from mlsignal.server.forwarder import Forwarder
 from mlsignal.server.limits import BodyLimitMiddleware, note_error
 from mlsignal.server.metrics import CONTENT_TYPE, MetricsMiddleware
 from mlsignal.server.state import (
@@ -52,14 +53,16 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
 
 
-def create_app(config: ServerConfig, state: ModelState, batcher: Any | None = None) -> FastAPI:
+def create_app(
+    config: ServerConfig, state: ModelState, forwarder: Forwarder | None = None
+) -> FastAPI:
     """Build the app around a loaded :class:`ModelState`.
 
-    ``batcher`` is the forward seam: by default the in-process :class:`Batcher`; the Ray
-    engine passes one that sends windows to model replicas (same interface: ``start()``,
-    ``async submit(runtime, windows, deadline=None)``, ``async close()``, ``depth``).
+    ``forwarder`` is the forward seam (:class:`~mlsignal.server.forwarder.Forwarder`): by
+    default the in-process :class:`~mlsignal.server.batcher.Batcher`; the Ray engine passes
+    a :class:`~mlsignal.server.ray_engine.RayForwarder` that sends windows to model replicas.
     """
-    svc = Services(config, state, batcher)
+    svc = Services(config, state, forwarder)
     app = FastAPI(
         title="mlsignal",
         lifespan=_lifespan,

@@ -30,18 +30,18 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from mlsignal.errors import DeadlineError, DrainingError, QueueFullError
+from mlsignal.errors import DeadlineError
+from mlsignal.server.forwarder import Predictor, admit
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Item:
-    runtime: Any
+    runtime: Predictor
     windows: np.ndarray  # (n, T, F) float32, n <= max_batch
     deadline: float | None  # loop.time() seconds, or None
     arrived: float
@@ -49,7 +49,10 @@ class _Item:
 
 
 class Batcher:
-    """Gathers windows into batches for ``runtime.predict``; see the module docstring."""
+    """Gathers windows into batches for ``runtime.predict``; see the module docstring.
+
+    The in-process :class:`~mlsignal.server.forwarder.Forwarder`.
+    """
 
     def __init__(
         self,
@@ -90,7 +93,7 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
     async def submit(
-        self, runtime: Any, windows: np.ndarray, deadline: float | None = None
+        self, runtime: Predictor, windows: np.ndarray, deadline: float | None = None
     ) -> np.ndarray:
         """Predict ``windows`` ``(n, T, F)`` in some batch; returns ``(n, 3)``.
 
@@ -99,14 +102,9 @@ class Batcher:
         :class:`~mlsignal.errors.DeadlineError`.
         """
         loop = asyncio.get_running_loop()
-        n = len(windows)
-        if self._closing or self._task is None:
-            raise DrainingError()
-        if self._queued and self._queued + n > self.max_queue:
-            raise QueueFullError(self._queued)
-        now = loop.time()
-        if deadline is not None and now >= deadline:
-            raise DeadlineError()
+        n, now = len(windows), loop.time()
+        closing = self._closing or self._task is None
+        admit(n, self._queued, self.max_queue, closing=closing, deadline=deadline, now=now)
         if n <= self.inline_windows and not self._running and not self._queue:
             self._on_batch(n)
             return runtime.predict(windows)  # idle: run now, on the loop (module docstring)

@@ -10,8 +10,8 @@ Two deployments make one Serve application:
   in windows; ``check_health`` reruns one golden window so a replica that stops agreeing with
   the bundle is replaced.
 - :class:`Ingress`: our FastAPI app from :func:`~mlsignal.server.app.create_app`, unchanged:
-  v1 and V2 routes, API keys, limits, health, metrics. The only difference is the object it
-  gets as ``batcher``: a :class:`RayForwarder`, which sends each request's prepared windows
+  v1 and V2 routes, API keys, limits, health, metrics. The only difference is its
+  ``forwarder``: a :class:`RayForwarder`, which sends each request's prepared windows
   to the model deployment with an async handle call instead of the in-process batcher. The
   ingress constructor waits until every model replica has passed the parity gate (the model
   deployment is HEALTHY), so ``/readyz`` answers 200 only after that.
@@ -44,12 +44,11 @@ from mlsignal.errors import (
     ConfigError,
     DataError,
     DeadlineError,
-    DrainingError,
-    QueueFullError,
     ReplicaUnavailableError,
 )
 from mlsignal.runtime.base import PARITY_ATOL
 from mlsignal.server.app import RETRY_AFTER_S, create_app
+from mlsignal.server.forwarder import Predictor, admit
 from mlsignal.server.limits import note_error
 from mlsignal.server.state import ModelState, ServerConfig, json_response, load_model
 
@@ -175,9 +174,10 @@ def _check_hash(got: str, want: str) -> None:
 class RayForwarder:
     """Takes the in-process :class:`~mlsignal.server.batcher.Batcher`'s place in the ingress.
 
-    Same interface (``start``, ``submit``, ``close``, ``depth``) and the same limits: at most
-    ``max_queue`` windows in flight per ingress replica (503 beyond), deadlines (504), no
-    new work while draining (503). Batching itself happens in the model replicas.
+    The same :class:`~mlsignal.server.forwarder.Forwarder` and the same admission
+    (:func:`~mlsignal.server.forwarder.admit`): at most ``max_queue`` windows in flight per
+    ingress replica (503 beyond), deadlines (504), no new work while draining (503).
+    Batching itself happens in the model replicas.
     """
 
     def __init__(
@@ -202,18 +202,20 @@ class RayForwarder:
         self._idle.set()
 
     async def submit(
-        self, runtime: Any, windows: np.ndarray, deadline: float | None = None
+        self, runtime: Predictor, windows: np.ndarray, deadline: float | None = None
     ) -> np.ndarray:
         """Forward ``windows`` ``(n, T, F)`` in chunks of ``max_batch``; returns ``(n, 3)``."""
-        n = len(windows)
-        if self._closing:
-            raise DrainingError()
-        if self._in_flight and self._in_flight + n > self.max_queue:
-            raise QueueFullError(self._in_flight, state="in flight")
-        loop = asyncio.get_running_loop()
-        timeout = None if deadline is None else deadline - loop.time()
-        if timeout is not None and timeout <= 0:
-            raise DeadlineError()
+        n, now = len(windows), asyncio.get_running_loop().time()
+        admit(
+            n,
+            self._in_flight,
+            self.max_queue,
+            closing=self._closing,
+            deadline=deadline,
+            now=now,
+            state="in flight",
+        )
+        timeout = None if deadline is None else deadline - now
         chunks = [windows[i : i + self.max_batch] for i in range(0, n, self.max_batch)]
         self._enter(n)
         try:
@@ -302,7 +304,7 @@ class Ingress:
             desc["loaded_at"],
         )  # fmt: skip
         forwarder = RayForwarder(model, bundle.contract_hash, config.max_batch, config.max_queue)
-        app = create_app(config, state, batcher=forwarder)
+        app = create_app(config, state, forwarder=forwarder)
         self._app = with_ray_routes(app)
         log.info("ingress ready: model_version=%s device=%s", bundle.model_version, runtime.device)
 

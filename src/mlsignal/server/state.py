@@ -27,6 +27,7 @@ from mlsignal.errors import ReloadBusyError, VersionPinError
 from mlsignal.runtime import load_runtime
 from mlsignal.runtime.base import check_parity
 from mlsignal.server.batcher import Batcher
+from mlsignal.server.forwarder import Forwarder
 from mlsignal.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -176,15 +177,21 @@ def inline_safe(state: ModelState) -> bool:
 
 
 class Services:
-    """What the routes share: config, model holder, batcher, metrics, the feature pool."""
+    """What the routes share: config, model holder, forwarder, metrics, the feature pool.
 
-    def __init__(self, config: ServerConfig, state: ModelState, batcher: Any | None = None) -> None:
+    ``forwarder``: the forward seam (default: an in-process :class:`Batcher` sized by
+    ``config``); the routes reach it as ``batcher``.
+    """
+
+    def __init__(
+        self, config: ServerConfig, state: ModelState, forwarder: Forwarder | None = None
+    ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.holder = ModelHolder(
             state, state.device, state.backend, config.max_batch, self._on_swap
         )
-        self.batcher = batcher or Batcher(
+        self.batcher: Forwarder = forwarder or Batcher(
             config.max_batch,
             config.max_wait_ms,
             config.max_queue,
