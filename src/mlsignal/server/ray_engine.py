@@ -7,8 +7,9 @@ Two deployments make one Serve application:
   warm-up run in its constructor. A constructor that raises (say a :class:`ParityError`) is a
   replica that never starts: Serve never routes to it, and a first deployment fails as a
   whole. Windows of concurrent callers are batched by Serve's own ``@serve.batch``, counted
-  in windows; ``check_health`` reruns one golden window so a replica that stops agreeing with
-  the bundle is replaced.
+  in windows; ``check_health`` reruns one golden window (:mod:`mlsignal.server.health`, at
+  the runtime's own parity tolerance) so a replica that stops agreeing with the bundle is
+  replaced.
 - :class:`Ingress`: our FastAPI app from :func:`~mlsignal.server.app.create_app`, unchanged:
   v1 and V2 routes, API keys, limits, health, metrics. The only difference is its
   ``forwarder``: a :class:`RayForwarder`, which sends each request's prepared windows
@@ -38,7 +39,7 @@ from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
+from mlsignal.bundle import Bundle, load_bundle
 from mlsignal.errors import (
     BundleError,
     ConfigError,
@@ -46,9 +47,9 @@ from mlsignal.errors import (
     DeadlineError,
     ReplicaUnavailableError,
 )
-from mlsignal.runtime.base import PARITY_ATOL
 from mlsignal.server.app import RETRY_AFTER_S, create_app
 from mlsignal.server.forwarder import Predictor, admit
+from mlsignal.server.health import GoldenProbe
 from mlsignal.server.limits import note_error
 from mlsignal.server.state import ModelState, ServerConfig, json_response, load_model
 
@@ -109,8 +110,7 @@ class ModelReplica:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlsignal-predict")
         self._batched.set_max_batch_size(max_batch)
         self._batched.set_batch_wait_timeout_s(max_wait_ms / 1e3)
-        with np.load(self.state.bundle.file(GOLDEN_FILE)) as golden:
-            self._probe = golden["inputs"][:1].astype(np.float32), golden["expected"][:1]
+        self._probe = GoldenProbe.from_bundle(self.state.bundle)
         b = self.state.bundle
         log.info(
             "model replica ready: pid=%d device=%s backend=%s model_version=%s contract_hash=%s "
@@ -136,13 +136,10 @@ class ModelReplica:
         return np.split(out, bounds)
 
     async def check_health(self) -> None:
-        """Serve's periodic probe: one golden window must still match the bundle."""
-        windows, expected = self._probe
+        """Serve's periodic probe: one golden window must still match the bundle, within
+        the runtime's own parity tolerance (the one its load-time parity gate used)."""
         loop = asyncio.get_running_loop()
-        got = await loop.run_in_executor(self._pool, self.state.runtime.predict, windows)
-        worst = float(np.abs(got.astype(np.float64) - expected).max())
-        if not worst <= PARITY_ATOL:
-            raise BundleError(f"replica drifts from the golden outputs: |diff| {worst:.3g}")
+        await loop.run_in_executor(self._pool, self._probe.check, self.state.runtime)
 
 
 # --- the ingress's forward path -----------------------------------------------------------
