@@ -29,6 +29,7 @@ from mlsignal.bundle import load_bundle
 from mlsignal.runtime.cuda_graph import CudaGraphRuntime
 from mlsignal.runtime.fused import FastForward
 from mlsignal.runtime.torch_runtime import TorchRuntime, build_model
+from mlsignal.signature import OUTPUT_NAMES
 
 BATCHES = tuple(int(b) for b in os.environ.get("FP_BATCHES", "1,16,256,1024,4096,16384").split(","))
 RESULTS: dict[str, Any] = {}
@@ -169,8 +170,7 @@ def main() -> None:
             got = rt.predict(par_x[:n])
             diffs.append(np.abs(got.astype(np.float64) - ref[:n]).max(axis=0))
         worst = np.max(diffs, axis=0)
-        RESULTS[f"{name}_parity_max_abs"] = dict(zip(("p_lstm", "p_tft", "bull_prob"),
-                                                     map(float, worst), strict=True))  # fmt: skip
+        RESULTS[f"{name}_parity_max_abs"] = dict(zip(OUTPUT_NAMES, map(float, worst), strict=True))
         print(f"{name}: parity vs cpu fp32 {worst}", flush=True)
         for batch in BATCHES:
             x = windows(bundle, batch, seed=batch)

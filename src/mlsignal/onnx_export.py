@@ -30,9 +30,10 @@ from torch import nn
 from mlsignal.bundle import GOLDEN_FILE, MANIFEST_FILE, Bundle, load_bundle
 from mlsignal.bundle.io import sha256_file
 from mlsignal.errors import BundleError, ConfigError, ParityError
-from mlsignal.runtime.base import OUTPUT_NAMES, PARITY_ATOL
-from mlsignal.runtime.onnx_runtime import INPUT_NAME, ONNX_FILE
+from mlsignal.runtime.base import PARITY_ATOL
+from mlsignal.runtime.onnx_runtime import ONNX_FILE
 from mlsignal.runtime.torch_runtime import build_model
+from mlsignal.signature import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ class RemoteMode:
                 results = self._results(reply, len(prepared), t0)
         except RemoteError as e:
             self._note(str(e))
-            return None, str(e), int(getattr(e, "attempts", 0) or 0)
+            return None, str(e), e.attempts
         self._note(None)
         return results, None, reply.attempts
 

@@ -39,10 +39,10 @@ from mlsignal.bundle import load_bundle
 from mlsignal.bundle.io import fsync_dir
 from mlsignal.errors import BundleError, ConfigError
 from mlsignal.runtime.onnx_runtime import ONNX_FILE
+from mlsignal.signature import HASH_DIGITS, MODEL_NAME, PLATFORMS, triton_version
 
 CONFIG_FILE = "config.pbtxt"
 LABEL_FILE = "mlsignal.json"
-HASH_DIGITS = 15  # 15 hex digits = 60 bits: a positive int64 version
 
 #: ONNX TensorProto element types -> Triton data types.
 TRITON_TYPES = {
@@ -94,11 +94,6 @@ DEFAULTS = {
         ),
     ),
 }
-
-
-def triton_version(contract_hash: str) -> int:
-    """The Triton version number of a contract hash (see the module docstring)."""
-    return int(contract_hash[:HASH_DIGITS], 16)
 
 
 @dataclass(frozen=True)
@@ -174,13 +169,13 @@ def render_config(
     newest = max(versions.values(), key=lambda v: v["exported_at"])
     lines = [
         f"# Written by mlsignal {__version__} export-triton. Served versions and their",
-        "# contract hashes (version = int(contract_hash[:15], 16)):",
+        f"# contract hashes (version = int(contract_hash[:{HASH_DIGITS}], 16)):",
         *(
             f"#   {n}: {v['model_version']} {v['contract_hash']}"
             for n, v in sorted(versions.items())
         ),
         f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
+        f'platform: "{PLATFORMS["onnx"]}"',
         f"max_batch_size: {batching.max_batch}",
         "version_policy: { specific: { versions: [ "
         + ", ".join(str(n) for n in sorted(versions))
@@ -289,7 +284,7 @@ def _same_signature(model_dir: Path, versions: dict[int, Any], sig: Any) -> None
 def export_triton(
     bundle_dir: str | os.PathLike[str],
     repo: str | os.PathLike[str],
-    name: str = "mlsignal",
+    name: str = MODEL_NAME,
     kind: str = "gpu",
     max_batch: int | None = None,
     instances: int | None = None,

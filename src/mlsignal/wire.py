@@ -36,7 +36,6 @@ from mlsignal.data.validate import BAR_COLUMNS
 from mlsignal.errors import WireError
 
 BAR_KEYS = BAR_COLUMNS
-OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
 JSON_TYPE = "application/json"
 
 

@@ -25,8 +25,7 @@ from mlsignal.client import RemoteClient
 from mlsignal.config import Settings
 from mlsignal.enhancer import MLSignalEnhancer, SignalRequest
 from mlsignal.errors import RemoteError, VersionMismatchError
-from mlsignal.triton_export import triton_version
-from mlsignal.wire import OUTPUT_NAMES
+from mlsignal.signature import OUTPUT_NAMES, triton_version
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from mlsignal.server.batcher import Batcher, DeadlineError, DrainingError, QueueFullError
+from mlsignal.errors import DeadlineError, DrainingError, QueueFullError
+from mlsignal.server.batcher import Batcher
 
 
 class Recorder:

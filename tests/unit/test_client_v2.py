@@ -15,7 +15,7 @@ from mlsignal.client import RemoteClient, v2
 from mlsignal.config import Settings
 from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
 from mlsignal.server.v2 import decode_infer as server_decode
-from mlsignal.triton_export import triton_version
+from mlsignal.signature import triton_version
 
 H = "4f" * 32
 OTHER = "9a" * 32

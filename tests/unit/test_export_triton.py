@@ -14,7 +14,8 @@ from bundle_helpers import other_model, resign
 from mlsignal.bundle import load_bundle
 from mlsignal.cli.main import main
 from mlsignal.errors import BundleError, ConfigError
-from mlsignal.triton_export import export_triton, triton_version
+from mlsignal.signature import triton_version
+from mlsignal.triton_export import export_triton
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

@@ -10,9 +10,10 @@ whose message is a short reason for ``ml_info["fallback_reason"]``, with ``attem
 
 ``protocol`` (``GPU_INFERENCE_PROTOCOL``) picks what an enhance call sends: bars to
 ``/v1/enhance`` (``mlsignal``), feature windows to a V2 server's ``infer`` (``v2``), or, per
-endpoint, whichever the server speaks (``auto``); :mod:`mlsignal.client.v2` has the details.
-Probes and metadata reads at first contact run inside the same call's deadline, and their
-failures count against the endpoint like any other.
+endpoint, whichever the server speaks (``auto``); :mod:`mlsignal.client.routing` finds out
+what each endpoint speaks and what an attempt sends it, :mod:`mlsignal.client.v2` has the
+rules. This module is the transport. Probes and metadata reads at first contact run inside
+the same call's deadline, and their failures count against the endpoint like any other.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ from mlsignal.client.endpoints import (
     warn_plain_http,
 )
 from mlsignal.client.policy import Clock, Deadline, RetryPolicy, describe_failure, error_text
+from mlsignal.client.routing import Route, Router, Send, Wanted, v2_answer
 from mlsignal.config import Settings
 from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
+from mlsignal.signature import MODEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +76,6 @@ class _EndpointFailure(Exception):
         self.reason = reason
         self.transient = transient  # worth retrying on the same endpoint
         self.status = status  # the HTTP status that failed (0: no answer, or a broken one)
-
-
-@dataclass(frozen=True)
-class _Send:
-    """What one attempt sends to an endpoint."""
-
-    method: str
-    path: str
-    body: bytes | None
-    cap_ms: float = 0.0  # cap on deadline_ms (0: none is sent)
-    target: v2.V2Target | None = None  # set for a V2 infer
-    n: int = 0  # windows sent to a V2 infer
 
 
 @dataclass
@@ -136,12 +127,11 @@ class RemoteClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         protocol: str = "mlsignal",
-        model_name: str = v2.DEFAULT_MODEL_NAME,
+        model_name: str = MODEL_NAME,
     ) -> None:
         self.urls = check_urls(urls)
         self.protocol = v2.check_protocol(protocol)
         self.model_name = v2.check_model_name(model_name)
-        self._known: dict[str, str | v2.V2Target] = {}  # url -> what it speaks, once learnt
         if not (isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf):
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.timeout_s = float(timeout_s)
@@ -152,6 +142,7 @@ class RemoteClient:
         self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()
         self._breakers = {u: CircuitBreaker(u, breaker, clock) for u in self.urls}
         self._closed = False
+        self._router = Router(self._get, self._judge)
         self._http = httpx.Client(
             headers=default_headers(self._key),
             verify=tls_verify(verify),
@@ -202,11 +193,7 @@ class RemoteClient:
     def endpoint_protocols(self) -> dict[str, str]:
         """URL -> what it was found to speak (``mlsignal``, ``v2``) or ``unknown`` (not yet
         asked, or forgotten after a failure)."""
-        found = {u: self._known.get(u) for u in self.urls}
-        return {
-            u: "unknown" if k is None else k if isinstance(k, str) else "v2"
-            for u, k in found.items()
-        }
+        return self._router.protocols(self.urls)
 
     def predict(self, windows: np.ndarray) -> RemoteReply:
         """``POST /v1/predict`` with feature windows ``(B, T, F)``."""
@@ -258,12 +245,12 @@ class RemoteClient:
         deadline = Deadline(self.timeout_s, self._clock)
         if self._closed:
             raise self._fail(RemoteError, "remote client is closed", 0, None)
-        send = _Send(method, path, *self._encode(doc, send_deadline))
+        send = Send(method, path, *self._encode(doc, send_deadline))
         return self._run(lambda url, dl: send, deadline, check_pin=check_pin, only=only)
 
     def _run(
         self,
-        route: Callable[[str, Deadline], _Send],
+        route: Route,
         deadline: Deadline,
         *,
         check_pin: bool = True,
@@ -285,10 +272,10 @@ class RemoteClient:
                     v2_infer=send.target is not None,
                 )  # fmt: skip
                 if send.target is not None:
-                    answer = self._v2_answer(answer, send.target, send.n, url)
+                    answer = self._v2_answer(answer, send, url)
             except _EndpointFailure as f:
                 if not f.status:  # no answer: the server may come back as another one
-                    self._known.pop(url, None)
+                    self._router.forget(url)
                 self._breakers[url].record_failure(f.reason)
                 run.reasons.append(f.reason)
                 nxt = self._retry_to(url, f, run)
@@ -297,7 +284,7 @@ class RemoteClient:
                 url = nxt
                 continue
             except RemoteError as e:  # a 4xx: the server is up and said no
-                self._known.pop(url, None)  # ask again next time: it may have changed
+                self._router.forget(url)  # ask again next time: it may have changed
                 self._breakers[url].record_success()
                 raise self._fail(type(e), str(e), run.attempts, url) from None
             self._breakers[url].record_success()
@@ -308,7 +295,7 @@ class RemoteClient:
                 self._check_pin(answer, url, run.attempts)
             return RemoteReply(answer, url, run.attempts, run.deadline.elapsed_s() * 1e3)
 
-    # --- protocols: auto-detection and the V2 path ------------------------------------------
+    # --- protocols: the routed (auto, v2) call ----------------------------------------------
     def _routed(
         self, body: dict[str, Any] | None, windows: Callable[[], np.ndarray] | None
     ) -> RemoteReply:
@@ -318,108 +305,17 @@ class RemoteClient:
             raise self._fail(RemoteError, "remote client is closed", 0, None)
         v1 = None
         if body is not None and self.protocol != "v2":
-            v1 = _Send("POST", "/v1/enhance", *self._encode(self._pin(dict(body)), True))
-        encoded: list[tuple[bytes, tuple[int, ...]]] = []  # the V2 body, made once
+            v1 = Send("POST", "/v1/enhance", *self._encode(self._pin(dict(body)), True))
+        want = Wanted(self.model_name, self.contract_hash, self.accept_mismatch)
+        return self._run(self._router.route(want, v1, windows), deadline)
 
-        def route(url: str, dl: Deadline) -> _Send:
-            if v1 is not None and self._detect(url, dl) == "mlsignal":
-                return v1
-            target = self._target(url, dl)
-            if windows is None:
-                raise RemoteError(f"{url} speaks only V2; this call has no windows to send")
-            if not encoded:
-                encoded.append(self._encode_windows(windows()))
-            data, shape = encoded[0]
-            if tuple(shape[1:]) != target.window:
-                raise RemoteError(
-                    f"V2 model {target.model!r} at {url} signature mismatch: input "
-                    f"{v2.INPUT_NAME!r} is [-1, {target.window[0]}, {target.window[1]}], the "
-                    f"local bundle makes [-1, {shape[1]}, {shape[2]}]"
-                )
-            return _Send("POST", target.infer_path, data, target=target, n=shape[0])
-
-        return self._run(route, deadline)
-
-    def _encode_windows(self, windows: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
+    def _v2_answer(self, doc: dict[str, Any], send: Send, url: str) -> dict[str, Any]:
+        """The reply document of a V2 infer; a malformed answer counts against ``url``."""
+        assert send.target is not None
         try:
-            arr = np.asarray(windows, dtype=np.float32)
-            return v2.encode_infer(arr), arr.shape
-        except (TypeError, ValueError) as e:
-            raise self._fail(RemoteError, f"cannot encode windows: {e}", 0, None) from None
-
-    def _detect(self, url: str, deadline: Deadline) -> str | v2.V2Target:
-        """``auto``: ``mlsignal``, or the checked V2 target, of ``url`` (asked once)."""
-        known = self._known.get(url)
-        if known is not None:
-            return known
-        status, raw = self._exchange("GET", url, "/v1/models", None, deadline, 0.0)
-        if status == 200:
-            doc = _json(raw)
-            if isinstance(doc, dict) and doc.get("contract_hash"):
-                self._known[url] = "mlsignal"
-        elif status == 404:
-            path = v2.metadata_path(self.model_name)
-            status, raw = self._exchange("GET", url, path, None, deadline, 0.0)
-            doc = _json(raw) if status == 200 else None
-            if v2.is_model_metadata(doc):
-                return self._learn(url, doc, deadline)
-        return "mlsignal"  # not proven V2: speak mlsignal, as without this setting
-
-    def _target(self, url: str, deadline: Deadline) -> v2.V2Target:
-        """The checked V2 target of ``url``: its metadata read once, then kept."""
-        known = self._known.get(url)
-        if isinstance(known, v2.V2Target):
-            return known
-        path = v2.metadata_path(self.model_name)
-        status, raw = self._exchange("GET", url, path, None, deadline, 0.0)
-        if status == 404:
-            text = self._scrub(error_text(raw, status))
-            raise RemoteError(f"V2 server {url} has no model {self.model_name!r}: 404 {text}")
-        return self._learn(url, self._judge(status, raw, url), deadline)
-
-    def _learn(self, url: str, doc: dict[str, Any], deadline: Deadline) -> v2.V2Target:
-        """Check a V2 model's metadata (signature, version) and keep the target."""
-        name = self.model_name
-        try:
-            window = v2.check_signature(doc, name)
-        except RemoteError as e:
-            raise RemoteError(f"{e} (at {url})") from None
-        served = tuple(str(v) for v in doc.get("versions") or [])
-        version, how = v2.pick_version(doc, self.contract_hash)
-        if how == "triton_version" and version is not None:
-            full = self._triton_hash(url, version, deadline)
-            if full is not None and full != self.contract_hash:
-                version, how = None, "none"
-            elif full is not None:
-                how = "triton_config"
-        if version is None and self.contract_hash is not None:
-            if not self.accept_mismatch:
-                raise VersionMismatchError(v2.mismatch(url, name, served, self.contract_hash))
-            how = "accepted"
-        platform = str(doc.get("platform") or "v2")
-        target = v2.V2Target(name, version, how, served, platform, window)
-        self._known[url] = target
-        return target
-
-    def _triton_hash(self, url: str, version: str, deadline: Deadline) -> str | None:
-        """The full contract hash in Triton's model config for ``version``, if it has one."""
-        status, raw = self._exchange("GET", url, v2.config_path(self.model_name), None, deadline, 0)
-        return v2.config_hash(_json(raw), version) if status == 200 else None
-
-    def _v2_answer(self, doc: dict[str, Any], target: v2.V2Target, n: int, url: str) -> dict:
-        v2.check_answer(doc, target, url)
-        try:
-            outputs = v2.decode_infer(doc, n)
+            return v2_answer(doc, send.target, send.n, url)
         except WireError as e:
             raise _EndpointFailure(f"malformed V2 response from {url}: {e}", False) from None
-        return {
-            "outputs": outputs,
-            "model_name": target.model,
-            "model_version": str(doc.get("model_version") or target.version or ""),
-            "platform": target.platform,
-            "matched": target.matched,
-            "served": list(target.served),
-        }
 
     def _next_endpoint(self, run: _Run) -> str | None:
         """The first untried endpoint whose breaker allows a call (this takes a probe)."""
@@ -488,6 +384,10 @@ class RemoteClient:
             reason = self._scrub(f"{type(e).__name__} at {url}: {e}")
             raise _EndpointFailure(reason, False) from None
         return response.status_code, raw
+
+    def _get(self, url: str, path: str, deadline: Deadline) -> tuple[int, bytes]:
+        """A probe or metadata read of the router, inside the call's deadline."""
+        return self._exchange("GET", url, path, None, deadline, 0.0)
 
     def _judge(self, status: int, raw: bytes, url: str, v2_infer: bool = False) -> dict[str, Any]:
         """The parsed answer of a 2xx; otherwise the exception its status calls for."""
@@ -561,10 +461,7 @@ class RemoteClient:
     def _fail(
         self, cls: type[RemoteError], message: str, attempts: int, endpoint: str | None
     ) -> RemoteError:
-        err = cls(self._scrub(message))
-        err.attempts = attempts
-        err.endpoint = endpoint
-        return err
+        return cls(self._scrub(message), attempts=attempts, endpoint=endpoint)
 
 
 def _read(response: httpx.Response, deadline: Deadline, url: str) -> bytes:
@@ -577,14 +474,6 @@ def _read(response: httpx.Response, deadline: Deadline, url: str) -> bytes:
         if deadline.expired():  # a server trickling bytes does not stretch the deadline
             raise httpx.ReadTimeout("deadline passed while reading", request=response.request)
     return b"".join(chunks)
-
-
-def _json(raw: bytes) -> Any:
-    """Parsed JSON, or None."""
-    try:
-        return wire.loads(raw)
-    except WireError:
-        return None
 
 
 def _summary(run: _Run) -> str:

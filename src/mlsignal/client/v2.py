@@ -51,13 +51,8 @@ import numpy as np
 from mlsignal import wire
 from mlsignal.config import MODEL_NAME_ENV, MODEL_NAME_RE, PROTOCOL_ENV, PROTOCOLS
 from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
+from mlsignal.signature import DATATYPE, INPUT_NAME, OUTPUT_NAMES, triton_version
 
-INPUT_NAME = "windows"
-DATATYPE = "FP32"
-OUTPUT_NAMES = wire.OUTPUT_NAMES
-DEFAULT_MODEL_NAME = "mlsignal"
-#: As in :mod:`mlsignal.triton_export` (not imported: it needs the bundle and ONNX tooling).
-HASH_DIGITS = 15
 #: Numeric V2 datatypes an output may come back as (ours and Triton's are FP32).
 _FLOAT_TYPES = ("FP16", "FP32", "FP64")
 
@@ -76,11 +71,6 @@ def check_model_name(name: str) -> str:
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
         raise ConfigError(f"{MODEL_NAME_ENV}={name!r} is not a model name")
     return name
-
-
-def triton_version(contract_hash: str) -> int:
-    """The Triton version number ``export-triton`` derives from a contract hash."""
-    return int(contract_hash[:HASH_DIGITS], 16)
 
 
 def metadata_path(model: str) -> str:

@@ -14,8 +14,6 @@ from mlsignal.errors import ConfigError, FeatureSchemaError, ParityError
 
 log = logging.getLogger(__name__)
 
-#: Columns of every runtime's output array, in order.
-OUTPUT_NAMES = ("p_lstm", "p_tft", "bull_prob")
 #: float32 tolerance on ``bull_prob`` between backends and devices.
 PARITY_ATOL = 1e-5
 #: Switch for the CUDA-graph fast path of the torch backend on CUDA (``0`` turns it off).

@@ -128,7 +128,7 @@ class CudaGraphRuntime(TorchRuntime):
         self._big_y: torch.Tensor | None = None
         self._big_ok = torch.empty(1, dtype=torch.bool, pin_memory=True)
         log.info(
-            "captured %d CUDA graphs (batches %s) on %s: fused=%s triton_vsn=%s precision=%s",
+            "captured %d CUDA graphs (batches %s) on %s: fused=%s vsn_kernel=%s precision=%s",
             len(self._graphs),
             self.buckets,
             self.device,

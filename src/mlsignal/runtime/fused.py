@@ -8,7 +8,7 @@ Built at load time from the loaded model (the bundle's state_dict format is unto
   last step alone (1/64 of the reference's work there). The causal mask's last row is all
   zeros, so it drops out exactly.
 - **Fused variable selection** on CUDA: the 29 per-variable GRNs and their softmax mix in one
-  Triton kernel (:mod:`mlsignal.runtime.triton_vsn`) instead of ~15 kernels and ~2 MB of
+  Triton kernel (:mod:`mlsignal.runtime.vsn_kernel`) instead of ~15 kernels and ~2 MB of
   intermediates per window. Elsewhere (CPU, no triton) the reference modules run.
 - **Two streams** on CUDA: the LSTM classifier runs beside the TFT (they only meet at the
   meta-learner), which shortens the critical path of a batch-1 CUDA graph.
@@ -81,17 +81,17 @@ class FastForward(nn.Module):
         self._vsn = None
         vsn = model.tft.vsn
         if use_triton is None:
-            from mlsignal.runtime import triton_vsn
+            from mlsignal.runtime import vsn_kernel
 
             use_triton = (
                 device.type == "cuda"
-                and triton_vsn.available()
-                and triton_vsn.TritonVSN.supports(vsn)
+                and vsn_kernel.available()
+                and vsn_kernel.VSNKernel.supports(vsn)
             )
         if use_triton:
-            from mlsignal.runtime.triton_vsn import TritonVSN
+            from mlsignal.runtime.vsn_kernel import VSNKernel
 
-            self._vsn = TritonVSN(vsn, self.precision)
+            self._vsn = VSNKernel(vsn, self.precision)
         self._side = torch.cuda.Stream(device) if parallel and device.type == "cuda" else None
 
     @property

@@ -19,14 +19,13 @@ import onnxruntime as ort
 from mlsignal.bundle import Bundle
 from mlsignal.config import DEVICE_ENV, check_device_spec
 from mlsignal.errors import BundleError, BundleIntegrityError, ConfigError, DeviceUnavailableError
-from mlsignal.runtime.base import OUTPUT_NAMES, check_windows
+from mlsignal.runtime.base import check_windows
+from mlsignal.signature import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 #: The exported graph's file name inside a bundle.
 ONNX_FILE = "model.onnx"
-#: The graph's input: raw feature windows (B, T, F) float32, dynamic batch.
-INPUT_NAME = "windows"
 INTRA_OP_ENV = "ML_ONNX_INTRA_OP_THREADS"
 INTER_OP_ENV = "ML_ONNX_INTER_OP_THREADS"
 CUDA_PROVIDER = "CUDAExecutionProvider"

@@ -21,38 +21,48 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
 from mlsignal import wire
-from mlsignal.errors import BundleError, DataError, MLSignalError
+from mlsignal.errors import (
+    BundleError,
+    DataError,
+    DeadlineError,
+    DrainingError,
+    MLSignalError,
+    QueueFullError,
+    ReloadBusyError,
+    VersionPinError,
+)
 from mlsignal.pipeline import Prepared, finish, prepare_arrays, with_regime_vols
 from mlsignal.server import v2
 from mlsignal.server.auth import AuthMiddleware
-from mlsignal.server.batcher import DeadlineError, DrainingError, QueueFullError
+from mlsignal.server.forwarder import Forwarder
 from mlsignal.server.limits import BodyLimitMiddleware, note_error
 from mlsignal.server.metrics import CONTENT_TYPE, MetricsMiddleware
 from mlsignal.server.state import (
     ModelState,
-    ReloadBusyError,
     ServerConfig,
     Services,
-    VersionPinError,
     check_pin,
     json_response,
     model_fields,
     services,
 )
+from mlsignal.signature import OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = "1"
 
 
-def create_app(config: ServerConfig, state: ModelState, batcher: Any | None = None) -> FastAPI:
+def create_app(
+    config: ServerConfig, state: ModelState, forwarder: Forwarder | None = None
+) -> FastAPI:
     """Build the app around a loaded :class:`ModelState`.
 
-    ``batcher`` is the forward seam: by default the in-process :class:`Batcher`; the Ray
-    engine passes one that sends windows to model replicas (same interface: ``start()``,
-    ``async submit(runtime, windows, deadline=None)``, ``async close()``, ``depth``).
+    ``forwarder`` is the forward seam (:class:`~mlsignal.server.forwarder.Forwarder`): by
+    default the in-process :class:`~mlsignal.server.batcher.Batcher`; the Ray engine passes
+    a :class:`~mlsignal.server.ray_engine.RayForwarder` that sends windows to model replicas.
     """
-    svc = Services(config, state, batcher)
+    svc = Services(config, state, forwarder)
     app = FastAPI(
         title="mlsignal",
         lifespan=_lifespan,
@@ -304,7 +314,7 @@ async def predict_route(request: Request) -> Response:
     check_pin(doc.get("contract_hash") if isinstance(doc, dict) else None, state)
     windows = await svc.blocking(wire.decode_windows, doc, shape, svc.config.max_symbols)
     out = await svc.batcher.submit(state.runtime, windows)
-    names = list(wire.OUTPUT_NAMES)
+    names = list(OUTPUT_NAMES)
     return json_response({"names": names, "outputs": out, **model_fields(state)})
 
 

@@ -8,7 +8,7 @@ company); windows that arrive while a batch runs accumulate and go together, up 
 ``max_batch``, as soon as the worker is free. Only when several requests are already waiting
 for an idle worker (concurrent clients) does the collector wait up to ``max_wait_ms`` (from
 the oldest arrival) for the batch to fill. The queue is bounded in windows: a request that
-would overflow it is refused at once (:class:`QueueFullError`, a 503).
+would overflow it is refused at once (:class:`~mlsignal.errors.QueueFullError`, a 503).
 
 With ``inline_windows`` > 0, a request of at most that many windows that finds the worker
 idle and the queue empty runs ``predict`` right there on the event loop: nothing is running
@@ -30,30 +30,18 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from mlsignal.errors import UnavailableError
+from mlsignal.errors import DeadlineError
+from mlsignal.server.forwarder import Predictor, admit
 
 log = logging.getLogger(__name__)
 
 
-class QueueFullError(UnavailableError):
-    """The batch queue holds ``max_queue`` windows already: answer 503 with Retry-After."""
-
-
-class DrainingError(UnavailableError):
-    """The server is shutting down and takes no new work."""
-
-
-class DeadlineError(UnavailableError):
-    """The request's deadline passed before its batch ran; it was not computed."""
-
-
 @dataclass
 class _Item:
-    runtime: Any
+    runtime: Predictor
     windows: np.ndarray  # (n, T, F) float32, n <= max_batch
     deadline: float | None  # loop.time() seconds, or None
     arrived: float
@@ -61,7 +49,10 @@ class _Item:
 
 
 class Batcher:
-    """Gathers windows into batches for ``runtime.predict``; see the module docstring."""
+    """Gathers windows into batches for ``runtime.predict``; see the module docstring.
+
+    The in-process :class:`~mlsignal.server.forwarder.Forwarder`.
+    """
 
     def __init__(
         self,
@@ -102,22 +93,18 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._collect(), name="batcher")
 
     async def submit(
-        self, runtime: Any, windows: np.ndarray, deadline: float | None = None
+        self, runtime: Predictor, windows: np.ndarray, deadline: float | None = None
     ) -> np.ndarray:
         """Predict ``windows`` ``(n, T, F)`` in some batch; returns ``(n, 3)``.
 
-        ``deadline`` is an absolute ``loop.time()``. Raises :class:`QueueFullError`,
-        :class:`DrainingError` or :class:`DeadlineError`.
+        ``deadline`` is an absolute ``loop.time()``. Raises
+        :class:`~mlsignal.errors.QueueFullError`, :class:`~mlsignal.errors.DrainingError` or
+        :class:`~mlsignal.errors.DeadlineError`.
         """
         loop = asyncio.get_running_loop()
-        n = len(windows)
-        if self._closing or self._task is None:
-            raise DrainingError("the server is shutting down")
-        if self._queued and self._queued + n > self.max_queue:
-            raise QueueFullError(f"queue full ({self._queued} windows waiting)")
-        now = loop.time()
-        if deadline is not None and now >= deadline:
-            raise DeadlineError("deadline exceeded before inference")
+        n, now = len(windows), loop.time()
+        closing = self._closing or self._task is None
+        admit(n, self._queued, self.max_queue, closing=closing, deadline=deadline, now=now)
         if n <= self.inline_windows and not self._running and not self._queue:
             self._on_batch(n)
             return runtime.predict(windows)  # idle: run now, on the loop (module docstring)
@@ -194,7 +181,7 @@ class Batcher:
             if item.future.done():
                 continue
             if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineError("deadline exceeded before inference"))
+                item.future.set_exception(DeadlineError())
                 continue
             live.append(item)
         return live

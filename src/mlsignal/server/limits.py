@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from mlsignal import wire
+from mlsignal.errors import BodyTooLargeError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,10 +42,6 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyTooLarge(Exception):
-    """The request body exceeds the limit."""
-
-
 class BodyLimitMiddleware:
     """Answer 413 for bodies over ``max_bytes``; otherwise replay the read body to ``app``."""
 
@@ -62,7 +59,7 @@ class BodyLimitMiddleware:
             return
         try:
             chunks = await self._read(receive)
-        except BodyTooLarge:
+        except BodyTooLargeError:
             await self._refuse(scope, send)
             return
         await self.app(scope, _replay(chunks, receive), send)
@@ -76,13 +73,12 @@ class BodyLimitMiddleware:
                 return messages  # a disconnect: let the app see it
             total += len(message.get("body", b""))
             if total > self.max_bytes:
-                raise BodyTooLarge
+                raise BodyTooLargeError(self.max_bytes)
             if not message.get("more_body", False):
                 return messages
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        mib = self.max_bytes / (1 << 20)
-        msg = f"body: request body exceeds the limit of {mib:g} MiB"
+        msg = str(BodyTooLargeError(self.max_bytes))
         await send_error(scope, send, 413, msg, "too_large", {"connection": "close"})
 
 

@@ -7,11 +7,12 @@ Two deployments make one Serve application:
   warm-up run in its constructor. A constructor that raises (say a :class:`ParityError`) is a
   replica that never starts: Serve never routes to it, and a first deployment fails as a
   whole. Windows of concurrent callers are batched by Serve's own ``@serve.batch``, counted
-  in windows; ``check_health`` reruns one golden window so a replica that stops agreeing with
-  the bundle is replaced.
+  in windows; ``check_health`` reruns one golden window (:mod:`mlsignal.server.health`, at
+  the runtime's own parity tolerance) so a replica that stops agreeing with the bundle is
+  replaced.
 - :class:`Ingress`: our FastAPI app from :func:`~mlsignal.server.app.create_app`, unchanged:
-  v1 and V2 routes, API keys, limits, health, metrics. The only difference is the object it
-  gets as ``batcher``: a :class:`RayForwarder`, which sends each request's prepared windows
+  v1 and V2 routes, API keys, limits, health, metrics. The only difference is its
+  ``forwarder``: a :class:`RayForwarder`, which sends each request's prepared windows
   to the model deployment with an async handle call instead of the in-process batcher. The
   ingress constructor waits until every model replica has passed the parity gate (the model
   deployment is HEALTHY), so ``/readyz`` answers 200 only after that.
@@ -38,11 +39,17 @@ from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
-from mlsignal.errors import BundleError, ConfigError, DataError, UnavailableError
-from mlsignal.runtime.base import PARITY_ATOL
+from mlsignal.bundle import Bundle, load_bundle
+from mlsignal.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    DeadlineError,
+    ReplicaUnavailableError,
+)
 from mlsignal.server.app import RETRY_AFTER_S, create_app
-from mlsignal.server.batcher import DeadlineError, DrainingError, QueueFullError
+from mlsignal.server.forwarder import Predictor, admit
+from mlsignal.server.health import GoldenProbe
 from mlsignal.server.limits import note_error
 from mlsignal.server.state import ModelState, ServerConfig, json_response, load_model
 
@@ -57,10 +64,6 @@ RELOAD_REFUSED = (
     "bundle (mlsignal serve --engine ray --app-name ... --route-prefix ...) and move the "
     "trading hosts to it, or redeploy this one (see docs/scaling.md)"
 )
-
-
-class ReplicaUnavailableError(UnavailableError):
-    """No model replica answered (one died, or a rollout is in progress): answered 503."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,7 @@ class ModelReplica:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlsignal-predict")
         self._batched.set_max_batch_size(max_batch)
         self._batched.set_batch_wait_timeout_s(max_wait_ms / 1e3)
-        with np.load(self.state.bundle.file(GOLDEN_FILE)) as golden:
-            self._probe = golden["inputs"][:1].astype(np.float32), golden["expected"][:1]
+        self._probe = GoldenProbe.from_bundle(self.state.bundle)
         b = self.state.bundle
         log.info(
             "model replica ready: pid=%d device=%s backend=%s model_version=%s contract_hash=%s "
@@ -134,13 +136,10 @@ class ModelReplica:
         return np.split(out, bounds)
 
     async def check_health(self) -> None:
-        """Serve's periodic probe: one golden window must still match the bundle."""
-        windows, expected = self._probe
+        """Serve's periodic probe: one golden window must still match the bundle, within
+        the runtime's own parity tolerance (the one its load-time parity gate used)."""
         loop = asyncio.get_running_loop()
-        got = await loop.run_in_executor(self._pool, self.state.runtime.predict, windows)
-        worst = float(np.abs(got.astype(np.float64) - expected).max())
-        if not worst <= PARITY_ATOL:
-            raise BundleError(f"replica drifts from the golden outputs: |diff| {worst:.3g}")
+        await loop.run_in_executor(self._pool, self._probe.check, self.state.runtime)
 
 
 # --- the ingress's forward path -----------------------------------------------------------
@@ -166,17 +165,16 @@ class RemoteModel:
 
 def _check_hash(got: str, want: str) -> None:
     if got != want:
-        raise ReplicaUnavailableError(
-            f"a model replica serves {got[:12]}, this ingress {want[:12]} (rollout in progress)"
-        )
+        raise ReplicaUnavailableError.serving_other(got, want)
 
 
 class RayForwarder:
     """Takes the in-process :class:`~mlsignal.server.batcher.Batcher`'s place in the ingress.
 
-    Same interface (``start``, ``submit``, ``close``, ``depth``) and the same limits: at most
-    ``max_queue`` windows in flight per ingress replica (503 beyond), deadlines (504), no
-    new work while draining (503). Batching itself happens in the model replicas.
+    The same :class:`~mlsignal.server.forwarder.Forwarder` and the same admission
+    (:func:`~mlsignal.server.forwarder.admit`): at most ``max_queue`` windows in flight per
+    ingress replica (503 beyond), deadlines (504), no new work while draining (503).
+    Batching itself happens in the model replicas.
     """
 
     def __init__(
@@ -201,24 +199,26 @@ class RayForwarder:
         self._idle.set()
 
     async def submit(
-        self, runtime: Any, windows: np.ndarray, deadline: float | None = None
+        self, runtime: Predictor, windows: np.ndarray, deadline: float | None = None
     ) -> np.ndarray:
         """Forward ``windows`` ``(n, T, F)`` in chunks of ``max_batch``; returns ``(n, 3)``."""
-        n = len(windows)
-        if self._closing:
-            raise DrainingError("the server is shutting down")
-        if self._in_flight and self._in_flight + n > self.max_queue:
-            raise QueueFullError(f"queue full ({self._in_flight} windows in flight)")
-        loop = asyncio.get_running_loop()
-        timeout = None if deadline is None else deadline - loop.time()
-        if timeout is not None and timeout <= 0:
-            raise DeadlineError("deadline exceeded before inference")
+        n, now = len(windows), asyncio.get_running_loop().time()
+        admit(
+            n,
+            self._in_flight,
+            self.max_queue,
+            closing=self._closing,
+            deadline=deadline,
+            now=now,
+            state="in flight",
+        )
+        timeout = None if deadline is None else deadline - now
         chunks = [windows[i : i + self.max_batch] for i in range(0, n, self.max_batch)]
         self._enter(n)
         try:
             outs = await asyncio.wait_for(asyncio.gather(*map(self._one, chunks)), timeout)
         except TimeoutError:
-            raise DeadlineError("deadline exceeded before the replicas answered") from None
+            raise DeadlineError("the replicas answered") from None
         finally:
             self._leave(n)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
@@ -301,7 +301,7 @@ class Ingress:
             desc["loaded_at"],
         )  # fmt: skip
         forwarder = RayForwarder(model, bundle.contract_hash, config.max_batch, config.max_queue)
-        app = create_app(config, state, batcher=forwarder)
+        app = create_app(config, state, forwarder=forwarder)
         self._app = with_ray_routes(app)
         log.info("ingress ready: model_version=%s device=%s", bundle.model_version, runtime.device)
 

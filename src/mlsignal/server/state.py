@@ -23,10 +23,11 @@ from fastapi import Request, Response
 
 from mlsignal import wire
 from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
-from mlsignal.errors import MLSignalError
+from mlsignal.errors import ReloadBusyError, VersionPinError
 from mlsignal.runtime import load_runtime
 from mlsignal.runtime.base import check_parity
 from mlsignal.server.batcher import Batcher
+from mlsignal.server.forwarder import Forwarder
 from mlsignal.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,6 @@ def load_model(
     return ModelState(bundle, runtime, Path(path), worst, warm_ms, loaded_at)
 
 
-class ReloadBusyError(MLSignalError):
-    """A reload is already running."""
-
-
 class ModelHolder:
     """Holds the current :class:`ModelState`; :meth:`reload` swaps it atomically."""
 
@@ -129,7 +126,7 @@ class ModelHolder:
         On any failure the current model stays and the error propagates.
         """
         if self._busy:
-            raise ReloadBusyError("a reload is already in progress")
+            raise ReloadBusyError()
         self._busy = True
         try:
             target = Path(path) if path is not None else self.current.path
@@ -179,20 +176,22 @@ def inline_safe(state: ModelState) -> bool:
     return state.backend == "onnx" and state.device == "cpu"
 
 
-class VersionPinError(MLSignalError):
-    """The request pinned a contract hash that is not the served model's."""
-
-
 class Services:
-    """What the routes share: config, model holder, batcher, metrics, the feature pool."""
+    """What the routes share: config, model holder, forwarder, metrics, the feature pool.
 
-    def __init__(self, config: ServerConfig, state: ModelState, batcher: Any | None = None) -> None:
+    ``forwarder``: the forward seam (default: an in-process :class:`Batcher` sized by
+    ``config``); the routes reach it as ``batcher``.
+    """
+
+    def __init__(
+        self, config: ServerConfig, state: ModelState, forwarder: Forwarder | None = None
+    ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.holder = ModelHolder(
             state, state.device, state.backend, config.max_batch, self._on_swap
         )
-        self.batcher = batcher or Batcher(
+        self.batcher: Forwarder = forwarder or Batcher(
             config.max_batch,
             config.max_wait_ms,
             config.max_queue,
@@ -229,10 +228,7 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
 def check_pin(pinned: str | None, state: ModelState) -> None:
     """Raise :class:`VersionPinError` when ``pinned`` is not the served contract hash."""
     if pinned is not None and pinned != state.bundle.contract_hash:
-        raise VersionPinError(
-            f"model version mismatch: server has {state.bundle.contract_hash}, "
-            f"request pinned {pinned}"
-        )
+        raise VersionPinError(state.bundle.contract_hash, pinned)
 
 
 def model_fields(state: ModelState) -> dict[str, str]:

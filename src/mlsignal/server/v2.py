@@ -17,18 +17,11 @@ from fastapi import APIRouter, Request, Response
 from starlette.exceptions import HTTPException
 
 from mlsignal import __version__, wire
+from mlsignal.errors import V2Error
 from mlsignal.server.state import ModelState, Services, json_response, services
-
-MODEL_NAME = "mlsignal"
-INPUT_NAME = "windows"
-DATATYPE = "FP32"
-PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}
+from mlsignal.signature import DATATYPE, INPUT_NAME, MODEL_NAME, OUTPUT_NAMES, platform
 
 router = APIRouter(prefix="/v2")
-
-
-class V2Error(wire.WireError):
-    """A bad V2 request (answered 400 on /v2 paths)."""
 
 
 def _model(svc: Services, name: str, version: str | None) -> ModelState:
@@ -70,7 +63,7 @@ def metadata(state: ModelState) -> dict[str, Any]:
     return {
         "name": MODEL_NAME,
         "versions": [state.bundle.contract_hash],
-        "platform": PLATFORMS.get(state.backend, state.backend),
+        "platform": platform(state.backend),
         "inputs": [
             {
                 "name": INPUT_NAME,
@@ -78,7 +71,7 @@ def metadata(state: ModelState) -> dict[str, Any]:
                 "shape": [-1, schema.window, schema.n_features],
             }
         ],
-        "outputs": [{"name": n, "datatype": DATATYPE, "shape": [-1]} for n in wire.OUTPUT_NAMES],
+        "outputs": [{"name": n, "datatype": DATATYPE, "shape": [-1]} for n in OUTPUT_NAMES],
     }
 
 
@@ -118,7 +111,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             "shape": [len(out)],
             "data": np.ascontiguousarray(out[:, k]),
         }
-        for k, n in enumerate(wire.OUTPUT_NAMES)
+        for k, n in enumerate(OUTPUT_NAMES)
         if n in wanted
     ]
     return json_response(doc)
@@ -174,13 +167,13 @@ def _windows(tensor: Any, shape: tuple[int, int], max_windows: int) -> np.ndarra
 
 def _wanted(outputs: Any) -> set[str]:
     if outputs is None:
-        return set(wire.OUTPUT_NAMES)
+        return set(OUTPUT_NAMES)
     if not isinstance(outputs, list) or not outputs:
         raise V2Error("outputs", 'must be a non-empty list of {"name": ...} or absent')
     wanted = set()
     for i, o in enumerate(outputs):
         name = o.get("name") if isinstance(o, Mapping) else None
-        if name not in wire.OUTPUT_NAMES:
-            raise V2Error(f"outputs[{i}].name", f"must be one of {', '.join(wire.OUTPUT_NAMES)}")
+        if name not in OUTPUT_NAMES:
+            raise V2Error(f"outputs[{i}].name", f"must be one of {', '.join(OUTPUT_NAMES)}")
         wanted.add(name)
     return wanted

@@ -155,7 +155,7 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-class TritonVSN:
+class VSNKernel:
     """Precomputed, contiguous weights of one VariableSelection module, and the kernel launch."""
 
     def __init__(self, vsn: torch.nn.Module, precision: str = "fp32") -> None:
