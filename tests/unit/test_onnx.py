@@ -247,7 +247,7 @@ def test_cpu_defaults_follow_the_cpus_this_process_may_use(runtimes, monkeypatch
 
 def test_auto_backend_takes_onnx_on_cpu_when_the_bundle_has_it(exported, monkeypatch):
     from mlsignal.runtime import load_runtime
-    from mlsignal.runtime.base import has_onnx_model
+    from mlsignal.runtime.factory import has_onnx_model
 
     monkeypatch.delenv("ML_INFERENCE_BACKEND", raising=False)
     bundle = load_bundle(exported)

@@ -174,7 +174,7 @@ def _bundle_path(args: argparse.Namespace) -> Path | None:
 def _label(backend: str, device: str) -> str:
     """``torch`` on CUDA with CUDA graphs on (``ML_CUDA_GRAPHS``) is the ``torch+graphs`` path."""
     from mlsignal.errors import ConfigError
-    from mlsignal.runtime.base import _cuda_graphs_wanted
+    from mlsignal.runtime.factory import _cuda_graphs_wanted
 
     try:
         graphs = backend == "torch" and device.startswith("cuda") and _cuda_graphs_wanted(device)

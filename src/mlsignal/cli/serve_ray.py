@@ -164,7 +164,7 @@ def serve_ray(args: argparse.Namespace) -> int:
     from mlsignal.bundle import load_bundle
     from mlsignal.cli.serve import server_config
     from mlsignal.config import Settings, resolve_backend
-    from mlsignal.runtime.base import has_onnx_model
+    from mlsignal.runtime.factory import has_onnx_model
     from mlsignal.server.auth import check_bind, load_keys
     from mlsignal.server.ray_engine import build_app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from mlsignal.runtime.base import OUTPUT_NAMES, Runtime, load_runtime
+from mlsignal.runtime.base import OUTPUT_NAMES, Runtime
+from mlsignal.runtime.factory import load_runtime
 
 __all__ = ["OUTPUT_NAMES", "Runtime", "load_runtime"]

@@ -100,7 +100,7 @@ class CudaGraphRuntime(TorchRuntime):
         if self._torch_device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.precision = check_precision(precision)
-        self.parity_atol = PRECISION_ATOL[self.precision]
+        self.parity_atol = PRECISION_ATOL[self.precision]  # the gate's tolerance at this precision
         if buckets is None:
             buckets = BUCKETS if fused else tuple(b for b in BUCKETS if b <= UNFUSED_MAX)
         self.buckets = tuple(sorted(set(buckets)))

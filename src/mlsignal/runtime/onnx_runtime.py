@@ -19,7 +19,7 @@ import onnxruntime as ort
 from mlsignal.bundle import Bundle
 from mlsignal.config import DEVICE_ENV, check_device_spec
 from mlsignal.errors import BundleError, BundleIntegrityError, ConfigError, DeviceUnavailableError
-from mlsignal.runtime.base import OUTPUT_NAMES, check_windows
+from mlsignal.runtime.base import OUTPUT_NAMES, PARITY_ATOL, check_windows
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ class OnnxRuntime:
     """``predict(windows) -> (B, 3)`` with the bundle's model.onnx in onnxruntime."""
 
     backend = "onnx"
+    parity_atol: float = PARITY_ATOL  # float32 graph
 
     def __init__(
         self,
