@@ -11,20 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from mlsignal.cli.doctor_advice import (
-    Advice,
-    NvidiaInfo,
-    onnx_advice,
-    query_nvidia_smi,
-    torch_advice,
-)
-from mlsignal.config import BACKEND_ENV, BUNDLE_ENV, DEVICE_ENV
+from mlsignal.bench.machine import NvidiaInfo, collect, query_nvidia_smi
+from mlsignal.cli.doctor_advice import Advice, onnx_advice, torch_advice
+from mlsignal.config import BUNDLE_ENV
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -48,103 +41,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="symbols your loop enhances per bar (one enhance_batch call); the advice is "
         "for this batch size (default: %(default)s)",
     )
-
-
-def _torch_report() -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        return {"torch": None}
-    cuda = torch.cuda.is_available()
-    gpus = []
-    for i in range(torch.cuda.device_count() if cuda else 0):
-        prop = torch.cuda.get_device_properties(i)
-        gpus.append(
-            {
-                "index": i,
-                "name": prop.name,
-                "memory_gib": round(prop.total_memory / 2**30, 1),
-                "capability": f"{prop.major}.{prop.minor}",
-            }
-        )
-    return {
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cuda_available": cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "gpus": gpus,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def _onnx_report() -> dict[str, Any]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {"onnxruntime": None, "onnx_providers": []}
-    return {"onnxruntime": ort.__version__, "onnx_providers": ort.get_available_providers()}
-
-
-def _nvidia_report(nvidia: NvidiaInfo | None) -> dict[str, Any]:
-    if nvidia is None:
-        return {"nvidia_driver": None, "nvidia_cuda": None, "nvidia_gpus": []}
-    return {
-        "nvidia_driver": nvidia.driver,
-        "nvidia_cuda": nvidia.cuda,
-        "nvidia_gpus": list(nvidia.gpus),
-    }
-
-
-def pick(device: str | None, backend: str | None, onnx_model: bool = True) -> tuple[str, str]:
-    """(backend, device) that a runtime would use for these settings (``None``: the env).
-
-    ``onnx_model``: whether the bundle has ``model.onnx`` (``mlsignal train`` writes one
-    when onnx is installed); ``auto`` then picks onnx on the CPU.
-
-    Uses the same public resolvers as the runtimes (:func:`mlsignal.config.resolve_backend`,
-    then the device resolver of that backend), so doctor never second-guesses them.
-    """
-    from mlsignal.config import resolve_backend, resolve_device
-
-    chosen = resolve_backend(backend, device=device, onnx_model=onnx_model)
-    if chosen == "onnx":
-        from mlsignal.runtime.onnx_runtime import resolve_onnx_device
-
-        return chosen, resolve_onnx_device(device)
-    return chosen, resolve_device(device)
-
-
-def _pick_report() -> dict[str, Any]:
-    from mlsignal.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for label, spec in (("auto", "auto"), ("configured", None)):
-        try:
-            backend, device = pick(spec, spec)
-        except (ConfigError, ImportError) as e:
-            out[f"{label}_device" if label == "configured" else "auto_picks"] = f"error: {e}"
-            continue
-        if label == "auto":
-            out.update(auto_picks=device, auto_backend=backend)
-        else:
-            out.update(configured_device=device, configured_backend=backend)
-    return out
-
-
-def collect(nvidia: NvidiaInfo | None = None) -> dict[str, Any]:
-    """Everything doctor reports, as a dict (``nvidia``: ``nvidia-smi``'s view, if known)."""
-    report: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        **_torch_report(),
-        **_onnx_report(),
-        **_nvidia_report(nvidia),
-        "ML_INFERENCE_DEVICE": os.environ.get(DEVICE_ENV) or "(unset: auto)",
-        "ML_INFERENCE_BACKEND": os.environ.get(BACKEND_ENV) or "(unset: auto)",
-        **_pick_report(),
-    }
-    return report
 
 
 def advise(report: dict[str, Any], nvidia: NvidiaInfo | None) -> list[Advice]:
