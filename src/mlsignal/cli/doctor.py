@@ -17,6 +17,7 @@ from typing import Any
 
 from mlsignal.bench.machine import NvidiaInfo, collect, query_nvidia_smi
 from mlsignal.cli.doctor_advice import Advice, onnx_advice, torch_advice
+from mlsignal.cli.options import DEFAULT_BUNDLE
 from mlsignal.config import BUNDLE_ENV
 
 
@@ -59,8 +60,6 @@ def advise(report: dict[str, Any], nvidia: NvidiaInfo | None) -> list[Advice]:
 
 def _bundle_path(args: argparse.Namespace) -> Path | None:
     """The bundle to time: ``--bundle``, ``$MLSIGNAL_BUNDLE``, else artifacts/quick if there."""
-    from mlsignal.cli.main import DEFAULT_BUNDLE
-
     raw = args.bundle or os.environ.get(BUNDLE_ENV)
     if raw:
         return Path(raw)

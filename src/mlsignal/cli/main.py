@@ -8,11 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from mlsignal import __version__
-from mlsignal.cli.options import add_enhancer_options
+from mlsignal.cli.options import (
+    DEFAULT_BUNDLE,
+    DEFAULT_DATA,
+    add_enhancer_options,
+    add_server_limit_options,
+)
 from mlsignal.errors import MLSignalError
-
-DEFAULT_BUNDLE = "artifacts/quick"
-DEFAULT_DATA = "sp500,nasdaq"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -147,43 +149,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
     )
     p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND or auto)")
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=256,
-        help="most windows in one forward pass (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=0.0,
-        help="longest wait to fill a batch when several requests wait for an idle model; "
-        "requests arriving while a batch runs always join the next one (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=int,
-        default=4096,
-        help="most windows waiting; beyond it 503 at once (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-symbols",
-        type=int,
-        default=512,
-        help="most symbols per request (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-bars", type=int, default=5000, help="most bars per symbol (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=32.0,
-        help="largest request body in MiB (default: %(default)s)",
-    )
-    p.add_argument(
-        "--workers", type=int, default=2, help="threads computing features (default: %(default)s)"
-    )
+    add_server_limit_options(p)
     p.add_argument(
         "--engine",
         default="uvicorn",
@@ -323,6 +289,10 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from mlsignal.cli.serve_ray import maybe_serve_ray
+
+    if (code := maybe_serve_ray(args)) is not None:  # --engine ray: a Ray Serve application
+        return code
     from mlsignal.cli.serve import serve
 
     return serve(args)

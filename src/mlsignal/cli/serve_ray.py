@@ -162,7 +162,7 @@ def serve_ray(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError(MISSING_RAY) from None
     from mlsignal.bundle import load_bundle
-    from mlsignal.cli.serve import server_config
+    from mlsignal.cli.options import server_config
     from mlsignal.config import Settings, resolve_backend
     from mlsignal.runtime.factory import has_onnx_model
     from mlsignal.server.auth import check_bind, load_keys
