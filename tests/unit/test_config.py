@@ -91,3 +91,57 @@ def test_auto_backend_rule():
     assert resolve_backend("auto", device="auto", onnx_model=True) == expected
     assert resolve_backend("torch", device="cpu", onnx_model=True) == "torch"
     assert resolve_backend("onnx", device="cpu", onnx_model=False) == "onnx"
+
+
+def test_runtime_knobs_from_env():
+    s = Settings.from_env({})
+    assert (s.cuda_graphs, s.gpu_precision, s.bundle) == (True, "fp32", None)
+    assert (s.onnx_intra_op_threads, s.onnx_inter_op_threads) == (None, None)
+    s = Settings.from_env(
+        {
+            "ML_CUDA_GRAPHS": " Off ",
+            "ML_GPU_PRECISION": " BF16 ",
+            "ML_ONNX_INTRA_OP_THREADS": "2",
+            "ML_ONNX_INTER_OP_THREADS": "0",
+            "MLSIGNAL_BUNDLE": " /srv/bundles/b1 ",
+        }
+    )
+    assert (s.cuda_graphs, s.gpu_precision, s.bundle) == (False, "bf16", "/srv/bundles/b1")
+    assert (s.onnx_intra_op_threads, s.onnx_inter_op_threads) == (2, 0)
+    assert "bf16" in repr(s) and "/srv/bundles/b1" in repr(s)
+    for on in ("1", "true", "yes", "on", ""):
+        assert Settings.from_env({"ML_CUDA_GRAPHS": on}).cuda_graphs
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ML_CUDA_GRAPHS": "maybe"}, "ML_CUDA_GRAPHS='maybe': use 1 or 0"),
+        ({"ML_GPU_PRECISION": "fp8"}, "ML_GPU_PRECISION='fp8' is not a precision"),
+        ({"ML_ONNX_INTRA_OP_THREADS": "many"}, "ML_ONNX_INTRA_OP_THREADS='many' is not a whole"),
+        ({"ML_ONNX_INTER_OP_THREADS": "-1"}, "ML_ONNX_INTER_OP_THREADS must be a whole number"),
+    ],
+)
+def test_bad_runtime_knobs_are_errors_naming_the_variable(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_runtime_knobs_are_checked_for_api_users_too():
+    with pytest.raises(ConfigError, match="ML_GPU_PRECISION='FP16' is not a precision"):
+        Settings(gpu_precision="FP16")
+    with pytest.raises(ConfigError, match="ML_CUDA_GRAPHS='yes': use 1 or 0"):
+        Settings(cuda_graphs="yes")
+    with pytest.raises(ConfigError, match="ML_ONNX_INTRA_OP_THREADS must be a whole number"):
+        Settings(onnx_intra_op_threads=1.5)
+    with pytest.raises(ConfigError, match="MLSIGNAL_BUNDLE='' is not a bundle directory"):
+        Settings(bundle="")
+
+
+def test_cuda_graphs_follow_the_settings_not_the_environment(monkeypatch):
+    from mlsignal.runtime.factory import _cuda_graphs_wanted
+
+    monkeypatch.setenv("ML_CUDA_GRAPHS", "maybe")  # never read: the settings say
+    assert not _cuda_graphs_wanted("cpu", Settings(cuda_graphs=True))  # CPU: never graphs
+    assert not _cuda_graphs_wanted("auto", Settings(cuda_graphs=False))
+    assert _cuda_graphs_wanted("auto", Settings()) == torch.cuda.is_available()

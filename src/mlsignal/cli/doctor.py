@@ -13,12 +13,15 @@ import json
 import os
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlsignal.bench.machine import NvidiaInfo, collect, query_nvidia_smi
 from mlsignal.cli.doctor_advice import Advice, onnx_advice, torch_advice
 from mlsignal.cli.options import DEFAULT_BUNDLE
-from mlsignal.config import BUNDLE_ENV
+from mlsignal.config import bundle_setting
+
+if TYPE_CHECKING:
+    from mlsignal.config import Settings
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -60,26 +63,41 @@ def advise(report: dict[str, Any], nvidia: NvidiaInfo | None) -> list[Advice]:
 
 def _bundle_path(args: argparse.Namespace) -> Path | None:
     """The bundle to time: ``--bundle``, ``$MLSIGNAL_BUNDLE``, else artifacts/quick if there."""
-    raw = args.bundle or os.environ.get(BUNDLE_ENV)
+    raw = args.bundle or bundle_setting()
     if raw:
         return Path(raw)
     return Path(DEFAULT_BUNDLE) if Path(DEFAULT_BUNDLE, "manifest.json").is_file() else None
 
 
-def _label(backend: str, device: str) -> str:
-    """``torch`` on CUDA with CUDA graphs on (``ML_CUDA_GRAPHS``) is the ``torch+graphs`` path."""
+def _settings() -> Settings | None:
+    """The environment's settings, or ``None`` when one is bad: doctor shows bad settings
+    (the report names them), it does not stop on them."""
+    from mlsignal.config import Settings
     from mlsignal.errors import ConfigError
-    from mlsignal.runtime.factory import _cuda_graphs_wanted
 
     try:
-        graphs = backend == "torch" and device.startswith("cuda") and _cuda_graphs_wanted(device)
+        return Settings.from_env()
     except ConfigError:
-        return backend  # a bad ML_CUDA_GRAPHS value: the runtime will say so at load
-    return "torch+graphs" if graphs else backend
+        return None
 
 
-def measure_section(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
-    """Time the bundle on every path here and advise; ``{"skipped": why}`` when it cannot."""
+def _label(backend: str, device: str, settings: Settings | None) -> str:
+    """``torch`` on CUDA with CUDA graphs on (``ML_CUDA_GRAPHS``) is the ``torch+graphs`` path."""
+    from mlsignal.runtime.factory import _cuda_graphs_wanted
+
+    if settings is None:
+        return backend  # a bad setting (e.g. ML_CUDA_GRAPHS): the runtime will say so at load
+    graphs = backend == "torch" and device.startswith("cuda")
+    return "torch+graphs" if graphs and _cuda_graphs_wanted(device, settings) else backend
+
+
+def measure_section(
+    args: argparse.Namespace, report: dict[str, Any], settings: Settings | None = None
+) -> dict[str, Any]:
+    """Time the bundle on every path here and advise; ``{"skipped": why}`` when it cannot.
+
+    ``settings``: the environment's (``None`` when bad: each path then says why it failed).
+    """
     from mlsignal.bundle import load_bundle
     from mlsignal.cli.doctor_measure import FULL_BATCHES, QUICK_BATCHES, measure_paths, speed_advice
     from mlsignal.errors import ConfigError
@@ -93,10 +111,10 @@ def measure_section(args: argparse.Namespace, report: dict[str, Any]) -> dict[st
         return {"skipped": "no bundle found: pass --bundle DIR or set MLSIGNAL_BUNDLE"}
     bundle = load_bundle(path)  # a bad bundle is an error (exit 2), not silently skipped
     batches = tuple(sorted({*(FULL_BATCHES if args.measure else QUICK_BATCHES), args.symbols}))
-    m = measure_paths(bundle, batches, budget_s=0.6 if args.measure else 0.15)
+    m = measure_paths(bundle, batches, budget_s=0.6 if args.measure else 0.15, settings=settings)
     backend, device = report.get("configured_backend"), report.get("configured_device")
     if backend and device and not str(device).startswith("error"):
-        backend = _label(backend, device)
+        backend = _label(backend, device, settings)
     else:
         backend = device = None
     advice = speed_advice(m, backend, device, args.symbols)
@@ -113,7 +131,7 @@ def doctor(args: argparse.Namespace) -> int:
     nvidia = query_nvidia_smi()
     report = collect(nvidia)
     report["advice"] = [a.to_dict() for a in advise(report, nvidia)]
-    report["measure"] = measure_section(args, report)
+    report["measure"] = measure_section(args, report, _settings())
     if args.json:
         print(json.dumps(report))
         return 0

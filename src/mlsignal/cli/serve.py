@@ -46,7 +46,7 @@ def serve(args: argparse.Namespace) -> int:
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
     backend = args.backend or settings.backend
-    state = load_model(args.bundle, device, backend, config.max_batch)
+    state = load_model(args.bundle, device, backend, config.max_batch, settings=settings)
     app = create_app(config, state)
     scheme = "https" if args.ssl_certfile else "http"
     log.info(

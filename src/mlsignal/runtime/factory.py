@@ -1,24 +1,15 @@
 """The runtime factory: pick a backend and a device for a bundle, build it, gate it on parity.
 
 It imports every implementation (lazily: onnxruntime and torch load only when chosen); they
-import :mod:`mlsignal.runtime.base`, never this module.
+import :mod:`mlsignal.runtime.base`, never this module. Its knobs come from one
+:class:`~mlsignal.config.Settings`, read at the edge; nothing here reads the environment.
 """
 
 from __future__ import annotations
 
-import os
-
 from mlsignal.bundle import Bundle
-from mlsignal.config import resolve_backend, resolve_device
-from mlsignal.errors import ConfigError
+from mlsignal.config import Settings, resolve_backend, resolve_device
 from mlsignal.runtime.base import Runtime, check_parity
-
-#: Switch for the CUDA-graph fast path of the torch backend on CUDA (``0`` turns it off).
-CUDA_GRAPHS_ENV = "ML_CUDA_GRAPHS"
-#: Whether CUDA graphs are used on CUDA when ``ML_CUDA_GRAPHS`` is unset.
-CUDA_GRAPHS_DEFAULT = True
-#: Precision of the CUDA-graph path: fp32 (default), tf32 or bf16.
-GPU_PRECISION_ENV = "ML_GPU_PRECISION"
 
 
 def load_runtime(
@@ -27,28 +18,37 @@ def load_runtime(
     backend: str | None = None,
     verify: bool = True,
     *,
+    settings: Settings | None = None,
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
 ) -> Runtime:
     """Load ``bundle`` on ``device`` (auto, cpu, cuda, cuda:N) with ``backend``.
 
-    ``backend`` is ``torch``, ``onnx`` or ``auto``/``None`` (``ML_INFERENCE_BACKEND``, else
-    auto: onnx on the CPU when the bundle has ``model.onnx``, else torch when installed, else
-    onnx; see :func:`mlsignal.config.resolve_backend`). The thread counts apply to ONNX
-    Runtime. With
-    ``verify`` (the default) the golden parity check runs before the runtime is returned, so
-    a runtime that drifts never serves.
+    ``settings`` (default :meth:`Settings.from_env`, for library callers; the CLI passes the
+    one it built) gives what the arguments leave open: the device and the backend when they
+    are ``None``, CUDA graphs and their precision, and ONNX Runtime's thread counts (the
+    ``*_op_threads`` arguments win over them). ``backend`` is ``torch``, ``onnx`` or
+    ``auto`` (auto: onnx on the CPU when the bundle has ``model.onnx``, else torch when
+    installed, else onnx; see :func:`mlsignal.config.resolve_backend`). On CUDA the torch
+    backend replays CUDA graphs unless ``settings.cuda_graphs`` is off. With ``verify`` (the
+    default) the golden parity check runs before the runtime is returned, so a runtime that
+    drifts never serves.
     """
-    kind = resolve_backend(backend, device=device, onnx_model=has_onnx_model(bundle))
+    settings = settings or Settings.from_env()
+    device = device or settings.device
+    kind = resolve_backend(
+        backend or settings.backend, device=device, onnx_model=has_onnx_model(bundle)
+    )
     if kind == "onnx":
         from mlsignal.runtime.onnx_runtime import OnnxRuntime
 
-        runtime: Runtime = OnnxRuntime(bundle, device, intra_op_threads, inter_op_threads)
-    elif _cuda_graphs_wanted(device):
+        intra = settings.onnx_intra_op_threads if intra_op_threads is None else intra_op_threads
+        inter = settings.onnx_inter_op_threads if inter_op_threads is None else inter_op_threads
+        runtime: Runtime = OnnxRuntime(bundle, device, intra, inter)
+    elif _cuda_graphs_wanted(device, settings):
         from mlsignal.runtime.cuda_graph import CudaGraphRuntime
 
-        precision = os.environ.get(GPU_PRECISION_ENV, "") or "fp32"
-        runtime = CudaGraphRuntime(bundle, device, precision=precision)
+        runtime = CudaGraphRuntime(bundle, device, precision=settings.gpu_precision)
     else:
         from mlsignal.runtime.torch_runtime import TorchRuntime
 
@@ -66,13 +66,6 @@ def has_onnx_model(bundle: Bundle) -> bool:
     return "model.onnx" in bundle.manifest.get("files", {})
 
 
-def _cuda_graphs_wanted(device: str | None) -> bool:
-    """The device resolves to CUDA and ``ML_CUDA_GRAPHS`` is on (default: CUDA_GRAPHS_DEFAULT)."""
-    value = os.environ.get(CUDA_GRAPHS_ENV, "").strip().lower()
-    if value in ("0", "false", "no", "off"):
-        return False
-    if value not in ("", "1", "true", "yes", "on"):
-        raise ConfigError(f"{CUDA_GRAPHS_ENV}={value!r}: use 1 or 0")
-    if not value and not CUDA_GRAPHS_DEFAULT:
-        return False
-    return resolve_device(device).startswith("cuda")
+def _cuda_graphs_wanted(device: str | None, settings: Settings) -> bool:
+    """The device resolves to CUDA and ``settings.cuda_graphs`` (``ML_CUDA_GRAPHS``) is on."""
+    return settings.cuda_graphs and resolve_device(device).startswith("cuda")

@@ -23,6 +23,7 @@ from fastapi import Request, Response
 
 from mlsignal import wire
 from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
+from mlsignal.config import Settings
 from mlsignal.errors import MLSignalError
 from mlsignal.runtime import load_runtime
 from mlsignal.runtime.base import check_parity
@@ -42,6 +43,8 @@ class ModelState:
     parity_worst_diff: float
     warmup_ms: float
     loaded_at: str
+    #: What the runtime was loaded with (``None``: the environment's at load time).
+    settings: Settings | None = field(default=None, repr=False)
 
     @property
     def device(self) -> str:
@@ -89,15 +92,24 @@ def warm_up(runtime: Any, bundle: Bundle, max_batch: int) -> float:
 
 
 def load_model(
-    path: str | os.PathLike[str], device: str | None, backend: str, max_batch: int
+    path: str | os.PathLike[str],
+    device: str | None,
+    backend: str,
+    max_batch: int,
+    *,
+    settings: Settings | None = None,
 ) -> ModelState:
-    """Load and verify a bundle, load its runtime behind the parity gate, and warm it up."""
+    """Load and verify a bundle, load its runtime behind the parity gate, and warm it up.
+
+    ``settings``: the runtime's knobs (:func:`~mlsignal.runtime.load_runtime`; default the
+    environment's); a hot reload uses the same ones.
+    """
     bundle = load_bundle(path)
-    runtime = load_runtime(bundle, device, backend, verify=False)
+    runtime = load_runtime(bundle, device, backend, verify=False, settings=settings)
     worst = check_parity(runtime)
     warm_ms = warm_up(runtime, bundle, max_batch)
     loaded_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return ModelState(bundle, runtime, Path(path), worst, warm_ms, loaded_at)
+    return ModelState(bundle, runtime, Path(path), worst, warm_ms, loaded_at, settings)
 
 
 class ReloadBusyError(MLSignalError):
@@ -134,7 +146,12 @@ class ModelHolder:
         try:
             target = Path(path) if path is not None else self.current.path
             new = await asyncio.to_thread(
-                load_model, target, self.device, self.backend, self.max_batch
+                load_model,
+                target,
+                self.device,
+                self.backend,
+                self.max_batch,
+                settings=self.current.settings,
             )
         finally:
             self._busy = False
