@@ -145,3 +145,43 @@ def test_cuda_graphs_follow_the_settings_not_the_environment(monkeypatch):
     assert not _cuda_graphs_wanted("cpu", Settings(cuda_graphs=True))  # CPU: never graphs
     assert not _cuda_graphs_wanted("auto", Settings(cuda_graphs=False))
     assert _cuda_graphs_wanted("auto", Settings()) == torch.cuda.is_available()
+
+
+def test_server_config_checks_itself_for_api_users_and_the_cli():
+    from mlsignal.server.state import ServerConfig
+
+    assert ServerConfig().max_batch == 256
+    cases = [
+        ({"max_batch": 0}, r"max_batch \(--max-batch\) must be a whole number >= 1, got 0"),
+        ({"workers": 1.5}, r"workers \(--workers\) must be a whole number >= 1"),
+        ({"max_wait_ms": -1.0}, r"max_wait_ms \(--max-wait-ms\) must be >= 0, got -1.0"),
+        ({"max_wait_ms": float("nan")}, r"max_wait_ms \(--max-wait-ms\) must be >= 0"),
+        ({"max_body_bytes": 0}, r"max_body_bytes \(--max-body-mb\) must be > 0, got 0 bytes"),
+        ({"inline_windows": -1}, "inline_windows must be a whole number >= 0"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            ServerConfig(**kwargs)
+
+
+def test_one_max_wait_default_everywhere():
+    import inspect
+
+    from mlsignal.cli.main import build_parser
+    from mlsignal.config import DEFAULT_MAX_WAIT_MS
+    from mlsignal.server.batcher import Batcher
+    from mlsignal.server.state import ServerConfig
+
+    batcher_default = inspect.signature(Batcher).parameters["max_wait_ms"].default
+    cli_default = build_parser().parse_args(["serve"]).max_wait_ms
+    assert ServerConfig().max_wait_ms == batcher_default == cli_default == DEFAULT_MAX_WAIT_MS
+    assert Batcher().max_wait_s == DEFAULT_MAX_WAIT_MS / 1e3
+
+
+def test_cli_server_limits_are_checked_by_server_config(capsys):
+    from mlsignal.cli.main import main
+
+    assert main(["serve", "--max-batch", "0"]) == 2
+    assert "max_batch (--max-batch) must be a whole number >= 1, got 0" in capsys.readouterr().err
+    assert main(["serve", "--max-body-mb", "nan"]) == 2
+    assert "--max-body-mb must be a positive number of MiB" in capsys.readouterr().err

@@ -7,8 +7,10 @@ import each other or ``cli/main``. Cheap to import: nothing heavy at module leve
 from __future__ import annotations
 
 import argparse
+import math
 from typing import TYPE_CHECKING
 
+from mlsignal.config import DEFAULT_MAX_WAIT_MS
 from mlsignal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ def add_server_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-wait-ms",
         type=float,
-        default=0.0,
+        default=DEFAULT_MAX_WAIT_MS,
         help="longest wait to fill a batch when several requests wait for an idle model; "
         "requests arriving while a batch runs always join the next one (default: %(default)s)",
     )
@@ -89,14 +91,11 @@ def add_server_limit_options(p: argparse.ArgumentParser) -> None:
 
 
 def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerConfig:
-    """The server's limits from the command line."""
+    """The server's limits from the command line (:class:`ServerConfig` checks them)."""
     from mlsignal.server import ServerConfig
 
-    for name in ("max_batch", "max_queue", "max_symbols", "max_bars", "workers"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_wait_ms < 0 or not args.max_body_mb > 0:
-        raise ConfigError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):  # before int(): NaN, inf
+        raise ConfigError(f"--max-body-mb must be a positive number of MiB, got {args.max_body_mb}")
     return ServerConfig(
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,

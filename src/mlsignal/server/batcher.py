@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mlsignal.config import DEFAULT_MAX_WAIT_MS
 from mlsignal.errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class Batcher:
     def __init__(
         self,
         max_batch: int = 256,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_queue: int = 4096,
         on_batch: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
