@@ -9,10 +9,11 @@ from collections.abc import Sequence
 
 from mlsignal import __version__
 from mlsignal.cli.options import (
-    DEFAULT_BUNDLE,
     DEFAULT_DATA,
+    add_bundle_option,
     add_enhancer_options,
     add_server_limit_options,
+    resolve_bundle,
 )
 from mlsignal.errors import MLSignalError
 
@@ -63,9 +64,7 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
         description="Enhance the last bar of CSV/Parquet bars (or a sample name). Without "
         "--ss/--bs the built-in MACD rule scores are used.",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument("--data", required=True, help="CSV/Parquet file of OHLCV bars, or a sample name")
     p.add_argument("--ss", type=float, help="your sell score, 0..100")
     p.add_argument("--bs", type=float, help="your buy score, 0..100")
@@ -81,9 +80,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="What `make run` runs: trains a quick bundle if none exists, replays the "
         "last bars of the sample data bar by bar and prints a summary.",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument("--data", default=DEFAULT_DATA, help="data sets (default: %(default)s)")
     p.add_argument(
         "--bars", type=int, default=300, help="bars to replay per symbol (default: %(default)s)"
@@ -131,9 +128,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         description="The inference server for trading hosts: POST /v1/enhance, /v1/predict, "
         "GET /v1/models, /healthz, /readyz, /metrics and the Open Inference Protocol (V2).",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument(
@@ -185,9 +180,7 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
         description="Export the SignalModel to ONNX with a dynamic batch axis, check it against "
         "PyTorch with ONNX Runtime, and add it to the bundle's manifest (same contract hash).",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument(
         "--opset", type=int, help="ONNX opset (default: the exporter's choice, recorded)"
     )
@@ -206,9 +199,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "and LitServe serving the same model under the same load (speedup_vs_litserve). "
         "--quick: batches 1, 16, 256 and small request counts (under 30 s on 2 cores).",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument(
         "--quick",
         action="store_true",
@@ -329,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(args.log_level, args.log_json)
     try:
+        resolve_bundle(args)
         return int(args.func(args) or 0)
     except MLSignalError as e:
         print(f"mlsignal {args.command}: error: {e}", file=sys.stderr)

@@ -14,12 +14,38 @@ from mlsignal.config import DEFAULT_MAX_WAIT_MS
 from mlsignal.errors import ConfigError
 
 if TYPE_CHECKING:
+    from mlsignal.config import Settings
     from mlsignal.server import ServerConfig
 
-#: The bundle a command uses when none is given.
+#: The bundle a command uses when neither ``--bundle`` nor ``MLSIGNAL_BUNDLE`` names one.
 DEFAULT_BUNDLE = "artifacts/quick"
 #: The sample data sets ``train`` and ``demo`` use when none are given.
 DEFAULT_DATA = "sp500,nasdaq"
+BUNDLE_HELP = f"bundle directory (default: $MLSIGNAL_BUNDLE, else {DEFAULT_BUNDLE})"
+
+
+def add_bundle_option(p: argparse.ArgumentParser, help: str = BUNDLE_HELP) -> None:
+    """``--bundle``; when it is not given, :func:`resolve_bundle` fills in the default."""
+    p.add_argument("--bundle", help=help)
+    p.set_defaults(bundle_from_settings=True)
+
+
+def cli_settings(args: argparse.Namespace) -> Settings:
+    """The one :class:`~mlsignal.config.Settings` of this command run, read from the
+    environment on first use and kept on ``args`` (a bad value: :class:`ConfigError`)."""
+    settings = getattr(args, "settings", None)
+    if settings is None:
+        from mlsignal.config import Settings
+
+        settings = args.settings = Settings.from_env()
+    return settings
+
+
+def resolve_bundle(args: argparse.Namespace) -> None:
+    """Fill in ``args.bundle`` of a command with :func:`add_bundle_option`: ``--bundle``,
+    else ``MLSIGNAL_BUNDLE`` (``Settings.bundle``), else :data:`DEFAULT_BUNDLE`."""
+    if getattr(args, "bundle_from_settings", False) and args.bundle is None:
+        args.bundle = cli_settings(args).bundle or DEFAULT_BUNDLE
 
 
 def add_enhancer_options(p: argparse.ArgumentParser) -> None:

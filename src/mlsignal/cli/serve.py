@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-from mlsignal.cli.options import server_config
+from mlsignal.cli.options import cli_settings, server_config
 from mlsignal.errors import ConfigError
 
 log = logging.getLogger("mlsignal.server")
@@ -33,7 +33,6 @@ def serve(args: argparse.Namespace) -> int:
     """
     import uvicorn
 
-    from mlsignal.config import Settings
     from mlsignal.server import create_app, load_model
     from mlsignal.server.auth import check_bind, load_keys
 
@@ -41,7 +40,7 @@ def serve(args: argparse.Namespace) -> int:
     check_bind(args.host, keys, args.insecure)
     _check_tls(args)
     config = server_config(args, keys)
-    settings = Settings.from_env()
+    settings = cli_settings(args)
     device = args.device or settings.device
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
