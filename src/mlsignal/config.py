@@ -21,6 +21,13 @@ TIMEOUT_ENV = "GPU_INFERENCE_TIMEOUT"
 PROTOCOL_ENV = "GPU_INFERENCE_PROTOCOL"
 MODEL_NAME_ENV = "GPU_INFERENCE_MODEL_NAME"
 BUNDLE_ENV = "MLSIGNAL_BUNDLE"
+#: Switch for the CUDA-graph fast path of the torch backend on CUDA (``0`` turns it off).
+CUDA_GRAPHS_ENV = "ML_CUDA_GRAPHS"
+#: Precision of the CUDA-graph path: fp32 (default), tf32 or bf16.
+GPU_PRECISION_ENV = "ML_GPU_PRECISION"
+#: ONNX Runtime's intra-op and inter-op thread counts (0: onnxruntime's own default).
+INTRA_OP_ENV = "ML_ONNX_INTRA_OP_THREADS"
+INTER_OP_ENV = "ML_ONNX_INTER_OP_THREADS"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 BACKENDS = ("auto", "torch", "onnx")
@@ -29,11 +36,28 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 PROTOCOLS = ("auto", "mlsignal", "v2")
 #: A V2 model name as it goes into a URL path (export-triton's default is ``mlsignal``).
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Whether CUDA graphs are used on CUDA when ``ML_CUDA_GRAPHS`` is unset.
+CUDA_GRAPHS_DEFAULT = True
+#: Precisions of the CUDA-graph path (mlsignal.runtime.fused says what each costs).
+GPU_PRECISIONS = ("fp32", "tf32", "bf16")
+#: The server's longest wait to fill a batch (``--max-wait-ms``, ``ServerConfig``, ``Batcher``).
+#: 0: measured, a fill wait halves CPU throughput in a closed loop; windows that arrive while
+#: a batch runs still go together in the next one.
+DEFAULT_MAX_WAIT_MS = 0.0
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Inference settings. ``device`` is as asked (``auto``), not yet resolved."""
+    """Inference settings. ``device`` is as asked (``auto``), not yet resolved.
+
+    The runtime's knobs: ``cuda_graphs`` (``ML_CUDA_GRAPHS``: the torch backend on CUDA
+    replays CUDA graphs), ``gpu_precision`` (``ML_GPU_PRECISION``: fp32, tf32 or bf16 on that
+    path), ``onnx_intra_op_threads``/``onnx_inter_op_threads`` (``ML_ONNX_*_OP_THREADS``;
+    ``None``: the CPUs this process may use, and 1). ``bundle`` (``MLSIGNAL_BUNDLE``) is the
+    default bundle directory, ``None`` when unset.
+    """
 
     device: str = "auto"
     backend: str = "auto"
@@ -42,6 +66,11 @@ class Settings:
     timeout_s: float = 3.0
     protocol: str = "auto"
     model_name: str = "mlsignal"
+    cuda_graphs: bool = CUDA_GRAPHS_DEFAULT
+    gpu_precision: str = "fp32"
+    onnx_intra_op_threads: int | None = None
+    onnx_inter_op_threads: int | None = None
+    bundle: str | None = None
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
@@ -64,13 +93,30 @@ class Settings:
                 f"{MODEL_NAME_ENV}={self.model_name!r} is not a model name (letters, digits, "
                 "'_', '.', '-'; at most 128)"
             )
+        self._check_runtime_knobs()
+
+    def _check_runtime_knobs(self) -> None:
+        if not isinstance(self.cuda_graphs, bool):
+            raise ConfigError(f"{CUDA_GRAPHS_ENV}={self.cuda_graphs!r}: use 1 or 0")
+        if self.gpu_precision not in GPU_PRECISIONS:
+            raise ConfigError(
+                f"{GPU_PRECISION_ENV}={self.gpu_precision!r} is not a precision; choose one of "
+                f"{', '.join(GPU_PRECISIONS)}"
+            )
+        check_thread_count(self.onnx_intra_op_threads, INTRA_OP_ENV)
+        check_thread_count(self.onnx_inter_op_threads, INTER_OP_ENV)
+        if self.bundle is not None and (not isinstance(self.bundle, str) or not self.bundle):
+            raise ConfigError(f"{BUNDLE_ENV}={self.bundle!r} is not a bundle directory")
 
     def __repr__(self) -> str:  # never show the key
         key = "***" if self.api_key else None
         return (
             f"Settings(device={self.device!r}, backend={self.backend!r}, "
             f"api_urls={self.api_urls!r}, api_key={key}, timeout_s={self.timeout_s}, "
-            f"protocol={self.protocol!r}, model_name={self.model_name!r})"
+            f"protocol={self.protocol!r}, model_name={self.model_name!r}, "
+            f"cuda_graphs={self.cuda_graphs}, gpu_precision={self.gpu_precision!r}, "
+            f"onnx_intra_op_threads={self.onnx_intra_op_threads}, "
+            f"onnx_inter_op_threads={self.onnx_inter_op_threads}, bundle={self.bundle!r})"
         )
 
     @classmethod
@@ -91,7 +137,55 @@ class Settings:
             timeout_s=timeout_s,
             protocol=env.get(PROTOCOL_ENV, "").strip().lower() or "auto",
             model_name=env.get(MODEL_NAME_ENV, "").strip() or "mlsignal",
+            cuda_graphs=_switch(env, CUDA_GRAPHS_ENV, CUDA_GRAPHS_DEFAULT),
+            gpu_precision=env.get(GPU_PRECISION_ENV, "").strip().lower() or "fp32",
+            onnx_intra_op_threads=_thread_env(env, INTRA_OP_ENV),
+            onnx_inter_op_threads=_thread_env(env, INTER_OP_ENV),
+            bundle=bundle_setting(env),
         )
+
+
+def bundle_setting(env: Mapping[str, str] | None = None) -> str | None:
+    """``MLSIGNAL_BUNDLE`` from the environment (or ``env``); ``None`` when unset or empty."""
+    env = os.environ if env is None else env
+    return env.get(BUNDLE_ENV, "").strip() or None
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off variable: 1/true/yes/on or 0/false/no/off; unset or empty: ``default``."""
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in _ON + _OFF:
+        raise ConfigError(f"{name}={value!r}: use 1 or 0")
+    return value in _ON
+
+
+def _thread_env(env: Mapping[str, str], name: str) -> int | None:
+    """A thread count variable; unset or empty: ``None``."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number of threads") from None
+
+
+def check_thread_count(value: int | None, name: str) -> int | None:
+    """``value`` if it is ``None`` or a whole number >= 0, else :class:`ConfigError` naming
+    ``name`` (the variable, or the argument)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a whole number >= 0 (0: onnxruntime's default)")
+    return value
+
+
+def device_setting(spec: str | None = None) -> str:
+    """The device setting as asked: ``spec``, else ``ML_INFERENCE_DEVICE``, else ``auto``
+    (checked, not resolved)."""
+    return check_device_spec((spec or os.environ.get(DEVICE_ENV, "") or "auto").strip().lower())
 
 
 def check_device_spec(spec: str) -> str:
@@ -110,7 +204,7 @@ def resolve_device(spec: str | None = None) -> str:
     CUDA is available, else ``cpu``. Asking for CUDA where there is none, or for a GPU index
     that does not exist, raises :class:`DeviceUnavailableError`: never a silent CPU run.
     """
-    spec = check_device_spec((spec or os.environ.get(DEVICE_ENV, "") or "auto").strip().lower())
+    spec = device_setting(spec)
     if spec == "cpu":
         return "cpu"
     import torch  # only now: the remote-only client never gets here

@@ -109,6 +109,7 @@ class MLSignalEnhancer:
         streaming: bool = True,
     ) -> None:
         settings = settings or Settings.from_env()
+        self._settings = settings
         if local_fallback not in LOCAL_FALLBACK_CHOICES:
             raise ConfigError(f"local_fallback={local_fallback!r}; choose eager, lazy or off")
         self.bundle = _load(bundle)
@@ -289,7 +290,9 @@ class MLSignalEnhancer:
         from mlsignal.runtime import load_runtime
 
         try:
-            self._runtime = load_runtime(self.bundle, self._device, self._backend)
+            self._runtime = load_runtime(
+                self.bundle, self._device, self._backend, settings=self._settings
+            )
             self._runtime_error = None
         except MLSignalError as e:
             if raise_errors:

@@ -104,3 +104,45 @@ def test_bench_smoke(tiny_bundle, capsys):
 def test_bench_rejects_bad_batches(tiny_bundle, capsys):
     assert main(["bench", "--bundle", str(tiny_bundle), "--batches", "1,x"]) == 2
     assert "--batches must be comma-separated integers" in capsys.readouterr().err
+
+
+#: Every command that takes --bundle (doctor has its own: it times a bundle only if one is
+#: there), with the other arguments it requires.
+BUNDLE_COMMANDS = {
+    "enhance": ["--data", "sp500"],
+    "serve": [],
+    "export-onnx": [],
+    "bench": [],
+    "demo": [],
+    "evaluate": ["--out", "report"],
+    "live": ["--source", "bars.csv"],
+    "export-triton": ["--out", "repo"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(BUNDLE_COMMANDS))
+def test_bundle_defaults_to_mlsignal_bundle_then_artifacts_quick(command, monkeypatch, capsys):
+    from mlsignal.cli.options import DEFAULT_BUNDLE, resolve_bundle
+
+    argv = [command, *BUNDLE_COMMANDS[command]]
+
+    def bundle(*extra: str) -> str:
+        args = build_parser().parse_args([*argv, *extra])
+        resolve_bundle(args)
+        return args.bundle
+
+    monkeypatch.delenv("MLSIGNAL_BUNDLE", raising=False)
+    assert bundle() == DEFAULT_BUNDLE == "artifacts/quick"
+    monkeypatch.setenv("MLSIGNAL_BUNDLE", "/srv/mlsignal/bundles/b1")
+    assert bundle() == "/srv/mlsignal/bundles/b1"
+    assert bundle("--bundle", "mine") == "mine"  # the flag wins
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "$MLSIGNAL_BUNDLE" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["enhance", "export-onnx"])
+def test_a_command_uses_mlsignal_bundle(command, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MLSIGNAL_BUNDLE", str(tmp_path / "from-env"))
+    assert main([command, *BUNDLE_COMMANDS[command]]) == 2
+    assert f"no bundle at {tmp_path / 'from-env'}" in capsys.readouterr().err

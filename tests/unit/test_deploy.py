@@ -151,7 +151,7 @@ def test_execstart_parses_with_the_real_cli(name, command):
     assert args.bundle == unit_env(name)["MLSIGNAL_BUNDLE"]
     if command == "serve":
         assert args.api_key_file == "/etc/mlsignal/api-keys" and args.host == "127.0.0.1"
-        from mlsignal.cli.serve import server_config
+        from mlsignal.cli.options import server_config
 
         server_config(args, (b"k",))  # the limits it would start with are valid
     else:

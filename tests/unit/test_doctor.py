@@ -8,13 +8,12 @@ import sys
 
 import pytest
 
+from mlsignal.bench.machine import NvidiaInfo, parse_nvidia_smi
 from mlsignal.cli.doctor_advice import (
     FIX,
     OK,
     WARN,
-    NvidiaInfo,
     onnx_advice,
-    parse_nvidia_smi,
     torch_advice,
     torch_index_for,
     version_tuple,

@@ -14,6 +14,7 @@ import pytest
 
 from mlsignal.bundle import load_bundle
 from mlsignal.bundle.io import sha256_file
+from mlsignal.config import Settings
 from mlsignal.errors import (
     BundleError,
     BundleIntegrityError,
@@ -21,6 +22,7 @@ from mlsignal.errors import (
     DeviceUnavailableError,
     ParityError,
 )
+from mlsignal.runtime import load_runtime
 from mlsignal.runtime.base import PARITY_ATOL, check_parity
 from mlsignal.runtime.onnx_runtime import ONNX_FILE, OnnxRuntime
 
@@ -185,13 +187,25 @@ def test_thread_settings_are_applied(runtimes, monkeypatch):
     opts = rt.session.get_session_options()
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 2)
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # the environment is read at the edge (Settings.from_env), by load_runtime for libraries
     monkeypatch.setenv("ML_ONNX_INTRA_OP_THREADS", "2")
     monkeypatch.setenv("ML_ONNX_INTER_OP_THREADS", "1")
-    opts = OnnxRuntime(bundle, "cpu").session.get_session_options()
+    opts = load_runtime(bundle, "cpu", "onnx").session.get_session_options()
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 1)
     monkeypatch.setenv("ML_ONNX_INTRA_OP_THREADS", "many")
     with pytest.raises(ConfigError, match="ML_ONNX_INTRA_OP_THREADS='many'"):
-        OnnxRuntime(bundle, "cpu")
+        load_runtime(bundle, "cpu", "onnx")
+
+
+def test_thread_settings_come_from_settings_not_the_environment(runtimes, monkeypatch):
+    monkeypatch.setenv("ML_ONNX_INTRA_OP_THREADS", "many")  # not read: settings are given
+    settings = Settings(onnx_intra_op_threads=1, onnx_inter_op_threads=2)
+    rt = load_runtime(runtimes[1].bundle, "cpu", "onnx", settings=settings)
+    opts = rt.session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 2)
+    assert (rt.backend, rt.parity_atol) == ("onnx", PARITY_ATOL)
+    with pytest.raises(ConfigError, match="ML_ONNX_INTER_OP_THREADS must be a whole number"):
+        OnnxRuntime(runtimes[1].bundle, "cpu", inter_op_threads=-1)
 
 
 def test_importing_the_onnx_runtime_does_not_import_torch():
@@ -246,8 +260,7 @@ def test_cpu_defaults_follow_the_cpus_this_process_may_use(runtimes, monkeypatch
 
 
 def test_auto_backend_takes_onnx_on_cpu_when_the_bundle_has_it(exported, monkeypatch):
-    from mlsignal.runtime import load_runtime
-    from mlsignal.runtime.base import has_onnx_model
+    from mlsignal.runtime.factory import has_onnx_model
 
     monkeypatch.delenv("ML_INFERENCE_BACKEND", raising=False)
     bundle = load_bundle(exported)

@@ -94,7 +94,7 @@ def available_paths() -> list[tuple[str, str]]:
 
 def machine_info() -> dict[str, Any]:
     """Python, platform, CPU count, torch/CUDA/GPU, onnxruntime versions, date."""
-    from mlsignal.cli.doctor import collect
+    from mlsignal.bench.machine import collect
 
     info = collect()
     keep = ("python", "platform", "cpu_count", "torch", "torch_cuda", "gpus", "onnxruntime")

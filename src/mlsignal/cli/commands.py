@@ -7,6 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from mlsignal.cli.options import cli_settings
 from mlsignal.errors import DataError
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def enhance(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         accept_version_mismatch=args.accept_version_mismatch,
         tls_verify=args.cacert or True,
+        settings=cli_settings(args),
     )
     try:
         ess, ebs, info = enhancer.enhance_signal(bars, args.ss, args.bs)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from mlsignal.cli.options import cli_settings
+
 
 def _ensure_bundle(args: argparse.Namespace) -> None:
     if (Path(args.bundle) / "manifest.json").is_file():
@@ -89,7 +91,7 @@ def demo(args: argparse.Namespace) -> int:
     from mlsignal.training.metrics import format_metrics_table
 
     _ensure_bundle(args)
-    enhancer = MLSignalEnhancer(args.bundle, device=args.device)
+    enhancer = MLSignalEnhancer(args.bundle, device=args.device, settings=cli_settings(args))
     manifest = enhancer.bundle.manifest
     print(
         f"\nmodel {enhancer.bundle.model_version} on {enhancer.runtime.device} "

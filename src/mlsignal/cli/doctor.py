@@ -11,20 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlsignal.cli.doctor_advice import (
-    Advice,
-    NvidiaInfo,
-    onnx_advice,
-    query_nvidia_smi,
-    torch_advice,
-)
-from mlsignal.config import BACKEND_ENV, BUNDLE_ENV, DEVICE_ENV
+from mlsignal.bench.machine import NvidiaInfo, collect, query_nvidia_smi
+from mlsignal.cli.doctor_advice import Advice, onnx_advice, torch_advice
+from mlsignal.cli.options import DEFAULT_BUNDLE
+from mlsignal.config import bundle_setting
+
+if TYPE_CHECKING:
+    from mlsignal.config import Settings
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -50,103 +47,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _torch_report() -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        return {"torch": None}
-    cuda = torch.cuda.is_available()
-    gpus = []
-    for i in range(torch.cuda.device_count() if cuda else 0):
-        prop = torch.cuda.get_device_properties(i)
-        gpus.append(
-            {
-                "index": i,
-                "name": prop.name,
-                "memory_gib": round(prop.total_memory / 2**30, 1),
-                "capability": f"{prop.major}.{prop.minor}",
-            }
-        )
-    return {
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cuda_available": cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "gpus": gpus,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def _onnx_report() -> dict[str, Any]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return {"onnxruntime": None, "onnx_providers": []}
-    return {"onnxruntime": ort.__version__, "onnx_providers": ort.get_available_providers()}
-
-
-def _nvidia_report(nvidia: NvidiaInfo | None) -> dict[str, Any]:
-    if nvidia is None:
-        return {"nvidia_driver": None, "nvidia_cuda": None, "nvidia_gpus": []}
-    return {
-        "nvidia_driver": nvidia.driver,
-        "nvidia_cuda": nvidia.cuda,
-        "nvidia_gpus": list(nvidia.gpus),
-    }
-
-
-def pick(device: str | None, backend: str | None, onnx_model: bool = True) -> tuple[str, str]:
-    """(backend, device) that a runtime would use for these settings (``None``: the env).
-
-    ``onnx_model``: whether the bundle has ``model.onnx`` (``mlsignal train`` writes one
-    when onnx is installed); ``auto`` then picks onnx on the CPU.
-
-    Uses the same public resolvers as the runtimes (:func:`mlsignal.config.resolve_backend`,
-    then the device resolver of that backend), so doctor never second-guesses them.
-    """
-    from mlsignal.config import resolve_backend, resolve_device
-
-    chosen = resolve_backend(backend, device=device, onnx_model=onnx_model)
-    if chosen == "onnx":
-        from mlsignal.runtime.onnx_runtime import resolve_onnx_device
-
-        return chosen, resolve_onnx_device(device)
-    return chosen, resolve_device(device)
-
-
-def _pick_report() -> dict[str, Any]:
-    from mlsignal.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for label, spec in (("auto", "auto"), ("configured", None)):
-        try:
-            backend, device = pick(spec, spec)
-        except (ConfigError, ImportError) as e:
-            out[f"{label}_device" if label == "configured" else "auto_picks"] = f"error: {e}"
-            continue
-        if label == "auto":
-            out.update(auto_picks=device, auto_backend=backend)
-        else:
-            out.update(configured_device=device, configured_backend=backend)
-    return out
-
-
-def collect(nvidia: NvidiaInfo | None = None) -> dict[str, Any]:
-    """Everything doctor reports, as a dict (``nvidia``: ``nvidia-smi``'s view, if known)."""
-    report: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        **_torch_report(),
-        **_onnx_report(),
-        **_nvidia_report(nvidia),
-        "ML_INFERENCE_DEVICE": os.environ.get(DEVICE_ENV) or "(unset: auto)",
-        "ML_INFERENCE_BACKEND": os.environ.get(BACKEND_ENV) or "(unset: auto)",
-        **_pick_report(),
-    }
-    return report
-
-
 def advise(report: dict[str, Any], nvidia: NvidiaInfo | None) -> list[Advice]:
     """Driver/CUDA/torch and ONNX Runtime advice for a :func:`collect` report."""
     return [
@@ -163,28 +63,41 @@ def advise(report: dict[str, Any], nvidia: NvidiaInfo | None) -> list[Advice]:
 
 def _bundle_path(args: argparse.Namespace) -> Path | None:
     """The bundle to time: ``--bundle``, ``$MLSIGNAL_BUNDLE``, else artifacts/quick if there."""
-    from mlsignal.cli.main import DEFAULT_BUNDLE
-
-    raw = args.bundle or os.environ.get(BUNDLE_ENV)
+    raw = args.bundle or bundle_setting()
     if raw:
         return Path(raw)
     return Path(DEFAULT_BUNDLE) if Path(DEFAULT_BUNDLE, "manifest.json").is_file() else None
 
 
-def _label(backend: str, device: str) -> str:
-    """``torch`` on CUDA with CUDA graphs on (``ML_CUDA_GRAPHS``) is the ``torch+graphs`` path."""
+def _settings() -> Settings | None:
+    """The environment's settings, or ``None`` when one is bad: doctor shows bad settings
+    (the report names them), it does not stop on them."""
+    from mlsignal.config import Settings
     from mlsignal.errors import ConfigError
-    from mlsignal.runtime.base import _cuda_graphs_wanted
 
     try:
-        graphs = backend == "torch" and device.startswith("cuda") and _cuda_graphs_wanted(device)
+        return Settings.from_env()
     except ConfigError:
-        return backend  # a bad ML_CUDA_GRAPHS value: the runtime will say so at load
-    return "torch+graphs" if graphs else backend
+        return None
 
 
-def measure_section(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, Any]:
-    """Time the bundle on every path here and advise; ``{"skipped": why}`` when it cannot."""
+def _label(backend: str, device: str, settings: Settings | None) -> str:
+    """``torch`` on CUDA with CUDA graphs on (``ML_CUDA_GRAPHS``) is the ``torch+graphs`` path."""
+    from mlsignal.runtime.factory import _cuda_graphs_wanted
+
+    if settings is None:
+        return backend  # a bad setting (e.g. ML_CUDA_GRAPHS): the runtime will say so at load
+    graphs = backend == "torch" and device.startswith("cuda")
+    return "torch+graphs" if graphs and _cuda_graphs_wanted(device, settings) else backend
+
+
+def measure_section(
+    args: argparse.Namespace, report: dict[str, Any], settings: Settings | None = None
+) -> dict[str, Any]:
+    """Time the bundle on every path here and advise; ``{"skipped": why}`` when it cannot.
+
+    ``settings``: the environment's (``None`` when bad: each path then says why it failed).
+    """
     from mlsignal.bundle import load_bundle
     from mlsignal.cli.doctor_measure import FULL_BATCHES, QUICK_BATCHES, measure_paths, speed_advice
     from mlsignal.errors import ConfigError
@@ -198,10 +111,10 @@ def measure_section(args: argparse.Namespace, report: dict[str, Any]) -> dict[st
         return {"skipped": "no bundle found: pass --bundle DIR or set MLSIGNAL_BUNDLE"}
     bundle = load_bundle(path)  # a bad bundle is an error (exit 2), not silently skipped
     batches = tuple(sorted({*(FULL_BATCHES if args.measure else QUICK_BATCHES), args.symbols}))
-    m = measure_paths(bundle, batches, budget_s=0.6 if args.measure else 0.15)
+    m = measure_paths(bundle, batches, budget_s=0.6 if args.measure else 0.15, settings=settings)
     backend, device = report.get("configured_backend"), report.get("configured_device")
     if backend and device and not str(device).startswith("error"):
-        backend = _label(backend, device)
+        backend = _label(backend, device, settings)
     else:
         backend = device = None
     advice = speed_advice(m, backend, device, args.symbols)
@@ -218,7 +131,7 @@ def doctor(args: argparse.Namespace) -> int:
     nvidia = query_nvidia_smi()
     report = collect(nvidia)
     report["advice"] = [a.to_dict() for a in advise(report, nvidia)]
-    report["measure"] = measure_section(args, report)
+    report["measure"] = measure_section(args, report, _settings())
     if args.json:
         print(json.dumps(report))
         return 0

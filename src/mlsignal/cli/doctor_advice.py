@@ -1,15 +1,15 @@
 """What ``mlsignal doctor`` advises about the driver, CUDA, torch and ONNX Runtime.
 
 Pure functions over version strings and provider lists, so every rule is tested with given
-versions on any machine; :func:`query_nvidia_smi` is the only part that looks at this one.
+versions on any machine; what this machine has is :mod:`mlsignal.bench.machine`'s to find.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
+
+from mlsignal.bench.machine import NvidiaInfo
 
 #: PyTorch's CUDA wheel indexes (https://download.pytorch.org/whl/cuXYZ), oldest first. The
 #: advice names the newest one the driver can run; check pytorch.org for newer ones.
@@ -29,49 +29,6 @@ class Advice:
     def to_dict(self) -> dict[str, str]:
         """JSON-able form."""
         return {"level": self.level, "text": self.text}
-
-
-@dataclass(frozen=True)
-class NvidiaInfo:
-    """What ``nvidia-smi`` says: driver version, the newest CUDA it supports, GPU names."""
-
-    driver: str | None
-    cuda: str | None
-    gpus: tuple[str, ...]
-
-    def describe(self) -> str:
-        """E.g. ``1 NVIDIA GPU (NVIDIA H100 80GB HBM3), driver 580.95, CUDA <= 13.0``."""
-        names = ", ".join(dict.fromkeys(self.gpus)) or "no GPU listed"
-        return (
-            f"{len(self.gpus)} NVIDIA GPU(s) ({names}), driver {self.driver or '?'}, "
-            f"CUDA <= {self.cuda or '?'}"
-        )
-
-
-def parse_nvidia_smi(header: str, listing: str) -> NvidiaInfo:
-    """Parse plain ``nvidia-smi`` output (its header) and ``nvidia-smi -L`` (one GPU a line)."""
-    driver = re.search(r"Driver Version:\s*([\d.]+)", header)
-    cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
-    gpus = tuple(
-        m.group(1).strip()
-        for m in re.finditer(r"^GPU \d+:\s*(.+?)\s*(?:\(UUID|$)", listing, re.MULTILINE)
-    )
-    return NvidiaInfo(driver and driver.group(1), cuda and cuda.group(1), gpus)
-
-
-def query_nvidia_smi(timeout_s: float = 10.0) -> NvidiaInfo | None:
-    """Run ``nvidia-smi`` here; ``None`` when it is not installed or does not answer."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        header = subprocess.run([exe], capture_output=True, text=True, timeout=timeout_s)
-        listing = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if header.returncode != 0 and listing.returncode != 0:
-        return NvidiaInfo(None, None, ())  # installed, but no driver talks to it
-    return parse_nvidia_smi(header.stdout, listing.stdout)
 
 
 def version_tuple(version: str | None) -> tuple[int, ...] | None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlsignal.bundle import GOLDEN_FILE, Bundle
 from mlsignal.cli.doctor_advice import FIX, OK, WARN, Advice
 from mlsignal.errors import MLSignalError
+
+if TYPE_CHECKING:
+    from mlsignal.config import Settings
 
 QUICK_BATCHES = (1, 16, 64)
 FULL_BATCHES = (1, 16, 64, 256)
@@ -51,7 +54,9 @@ def _windows(bundle: Bundle, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([ref] * reps)[:batch])
 
 
-def _load(bundle: Bundle, backend: str, device: str, batches: tuple[int, ...]) -> Any:
+def _load(
+    bundle: Bundle, backend: str, device: str, batches: tuple[int, ...], settings: Settings | None
+) -> Any:
     """The runtime of one path, parity-checked. ``torch`` is always eager here (whatever the
     ``ML_CUDA_GRAPHS`` default), ``torch+graphs`` the CUDA-graph runtime, so both are compared."""
     from mlsignal.runtime.base import check_parity
@@ -59,7 +64,7 @@ def _load(bundle: Bundle, backend: str, device: str, batches: tuple[int, ...]) -
     if backend == "onnx":
         from mlsignal.runtime import load_runtime
 
-        return load_runtime(bundle, device, backend)
+        return load_runtime(bundle, device, backend, settings=settings)
     if backend == "torch+graphs":
         from mlsignal.runtime.cuda_graph import CudaGraphRuntime
 
@@ -118,6 +123,7 @@ def measure_paths(
     budget_s: float = 0.15,
     paths: list[tuple[str, str]] | None = None,
     total_s: float = 6.0,
+    settings: Settings | None = None,
 ) -> Measurement:
     """Median ``predict`` latency of every available path at every batch size.
 
@@ -125,12 +131,13 @@ def measure_paths(
     (``budget_s`` each). The smallest batch always runs; a larger one whose expected time no
     longer fits in ``total_s`` (counted after loading) is skipped and said so, so a slow or
     busy machine still answers in seconds and every path gets its batch-1 number.
+    ``settings`` go to :func:`~mlsignal.runtime.load_runtime` (``None``: the environment's).
     """
     result = Measurement()
     runtimes = []
     for backend, device in paths if paths is not None else importable_paths():
         try:
-            runtimes.append((backend, _load(bundle, backend, device, batches)))
+            runtimes.append((backend, _load(bundle, backend, device, batches, settings)))
         except (MLSignalError, ImportError, RuntimeError, ValueError) as e:
             result.skipped.append(f"{path_name(backend, device)}: {e}")
     deadline = time.perf_counter() + total_s

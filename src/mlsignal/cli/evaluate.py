@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mlsignal.cli.options import add_bundle_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``evaluate`` on the ``mlsignal`` subcommand parser."""
@@ -16,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "cost-aware backtest of raw against enhanced signals, each beside a shuffled control. "
         "Refuses bars inside the training period unless --allow-in-sample.",
     )
-    p.add_argument("--bundle", default="artifacts/quick", help="bundle (default: %(default)s)")
+    add_bundle_option(p)
     p.add_argument(
         "--data",
         help="sample names and/or CSV/Parquet files, comma separated (default: the data set "

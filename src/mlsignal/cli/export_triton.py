@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mlsignal.cli.options import DEFAULT_BUNDLE, add_bundle_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``export-triton``."""
@@ -16,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "docs/BENCHMARKS.md). VERSION = int(contract_hash[:15], 16). Atomic; refuses to "
         "replace other versions without --force (--add serves them side by side).",
     )
-    p.add_argument("--bundle", default="artifacts/quick", help="bundle directory (with model.onnx)")
+    add_bundle_option(
+        p, f"bundle directory with model.onnx (default: $MLSIGNAL_BUNDLE, else {DEFAULT_BUNDLE})"
+    )
     p.add_argument("--out", required=True, metavar="REPO", help="model repository directory")
     p.add_argument("--name", default="mlsignal", help="model name (default: %(default)s)")
     p.add_argument(

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlsignal.cli.options import add_enhancer_options
+from mlsignal.cli.options import add_bundle_option, add_enhancer_options, cli_settings
 from mlsignal.errors import ConfigError
 
 log = logging.getLogger("mlsignal.live")
@@ -48,9 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=SOURCE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--bundle", default="artifacts/quick", help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument("--source", required=True, help="where bars come from (see below)")
     p.add_argument("--follow", action="store_true", help="tail-follow the --source files")
     p.add_argument("--symbols", help="comma-separated symbols (required for ccxt; else a filter)")
@@ -180,6 +178,7 @@ def _enhancer(args: argparse.Namespace) -> Any:
         accept_version_mismatch=args.accept_version_mismatch,
         local_fallback=args.local_fallback,
         tls_verify=args.cacert or True,
+        settings=cli_settings(args),
     )
 
 

@@ -8,11 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from mlsignal import __version__
-from mlsignal.cli.options import add_enhancer_options
+from mlsignal.cli.options import (
+    DEFAULT_DATA,
+    add_bundle_option,
+    add_enhancer_options,
+    add_server_limit_options,
+    resolve_bundle,
+)
 from mlsignal.errors import MLSignalError
-
-DEFAULT_BUNDLE = "artifacts/quick"
-DEFAULT_DATA = "sp500,nasdaq"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -61,9 +64,7 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
         description="Enhance the last bar of CSV/Parquet bars (or a sample name). Without "
         "--ss/--bs the built-in MACD rule scores are used.",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument("--data", required=True, help="CSV/Parquet file of OHLCV bars, or a sample name")
     p.add_argument("--ss", type=float, help="your sell score, 0..100")
     p.add_argument("--bs", type=float, help="your buy score, 0..100")
@@ -79,9 +80,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="What `make run` runs: trains a quick bundle if none exists, replays the "
         "last bars of the sample data bar by bar and prints a summary.",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument("--data", default=DEFAULT_DATA, help="data sets (default: %(default)s)")
     p.add_argument(
         "--bars", type=int, default=300, help="bars to replay per symbol (default: %(default)s)"
@@ -129,9 +128,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         description="The inference server for trading hosts: POST /v1/enhance, /v1/predict, "
         "GET /v1/models, /healthz, /readyz, /metrics and the Open Inference Protocol (V2).",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument(
@@ -147,43 +144,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
     )
     p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND or auto)")
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=256,
-        help="most windows in one forward pass (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=0.0,
-        help="longest wait to fill a batch when several requests wait for an idle model; "
-        "requests arriving while a batch runs always join the next one (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=int,
-        default=4096,
-        help="most windows waiting; beyond it 503 at once (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-symbols",
-        type=int,
-        default=512,
-        help="most symbols per request (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-bars", type=int, default=5000, help="most bars per symbol (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=32.0,
-        help="largest request body in MiB (default: %(default)s)",
-    )
-    p.add_argument(
-        "--workers", type=int, default=2, help="threads computing features (default: %(default)s)"
-    )
+    add_server_limit_options(p)
     p.add_argument(
         "--engine",
         default="uvicorn",
@@ -219,9 +180,7 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
         description="Export the SignalModel to ONNX with a dynamic batch axis, check it against "
         "PyTorch with ONNX Runtime, and add it to the bundle's manifest (same contract hash).",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument(
         "--opset", type=int, help="ONNX opset (default: the exporter's choice, recorded)"
     )
@@ -240,9 +199,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "and LitServe serving the same model under the same load (speedup_vs_litserve). "
         "--quick: batches 1, 16, 256 and small request counts (under 30 s on 2 cores).",
     )
-    p.add_argument(
-        "--bundle", default=DEFAULT_BUNDLE, help="bundle directory (default: %(default)s)"
-    )
+    add_bundle_option(p)
     p.add_argument(
         "--quick",
         action="store_true",
@@ -323,6 +280,10 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from mlsignal.cli.serve_ray import maybe_serve_ray
+
+    if (code := maybe_serve_ray(args)) is not None:  # --engine ray: a Ray Serve application
+        return code
     from mlsignal.cli.serve import serve
 
     return serve(args)
@@ -359,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(args.log_level, args.log_json)
     try:
+        resolve_bundle(args)
         return int(args.func(args) or 0)
     except MLSignalError as e:
         print(f"mlsignal {args.command}: error: {e}", file=sys.stderr)

@@ -1,8 +1,51 @@
-"""Command-line options shared by the subcommands that build an enhancer."""
+"""Command-line constants and the options several subcommands share.
+
+Imported by ``cli/main`` and the command modules (serve, serve_ray, doctor, ...), which never
+import each other or ``cli/main``. Cheap to import: nothing heavy at module level.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import TYPE_CHECKING
+
+from mlsignal.config import DEFAULT_MAX_WAIT_MS
+from mlsignal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlsignal.config import Settings
+    from mlsignal.server import ServerConfig
+
+#: The bundle a command uses when neither ``--bundle`` nor ``MLSIGNAL_BUNDLE`` names one.
+DEFAULT_BUNDLE = "artifacts/quick"
+#: The sample data sets ``train`` and ``demo`` use when none are given.
+DEFAULT_DATA = "sp500,nasdaq"
+BUNDLE_HELP = f"bundle directory (default: $MLSIGNAL_BUNDLE, else {DEFAULT_BUNDLE})"
+
+
+def add_bundle_option(p: argparse.ArgumentParser, help: str = BUNDLE_HELP) -> None:
+    """``--bundle``; when it is not given, :func:`resolve_bundle` fills in the default."""
+    p.add_argument("--bundle", help=help)
+    p.set_defaults(bundle_from_settings=True)
+
+
+def cli_settings(args: argparse.Namespace) -> Settings:
+    """The one :class:`~mlsignal.config.Settings` of this command run, read from the
+    environment on first use and kept on ``args`` (a bad value: :class:`ConfigError`)."""
+    settings = getattr(args, "settings", None)
+    if settings is None:
+        from mlsignal.config import Settings
+
+        settings = args.settings = Settings.from_env()
+    return settings
+
+
+def resolve_bundle(args: argparse.Namespace) -> None:
+    """Fill in ``args.bundle`` of a command with :func:`add_bundle_option`: ``--bundle``,
+    else ``MLSIGNAL_BUNDLE`` (``Settings.bundle``), else :data:`DEFAULT_BUNDLE`."""
+    if getattr(args, "bundle_from_settings", False) and args.bundle is None:
+        args.bundle = cli_settings(args).bundle or DEFAULT_BUNDLE
 
 
 def add_enhancer_options(p: argparse.ArgumentParser) -> None:
@@ -29,3 +72,64 @@ def add_enhancer_options(p: argparse.ArgumentParser) -> None:
         help="use a server whose model differs from the local bundle",
     )
     p.add_argument("--cacert", help="CA bundle for https servers with a private CA")
+
+
+def add_server_limit_options(p: argparse.ArgumentParser) -> None:
+    """``--max-batch --max-wait-ms --max-queue --max-symbols --max-bars --max-body-mb
+    --workers``: the server's limits and batching (:func:`server_config` reads them)."""
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="most windows in one forward pass (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=DEFAULT_MAX_WAIT_MS,
+        help="longest wait to fill a batch when several requests wait for an idle model; "
+        "requests arriving while a batch runs always join the next one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=4096,
+        help="most windows waiting; beyond it 503 at once (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-symbols",
+        type=int,
+        default=512,
+        help="most symbols per request (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-bars", type=int, default=5000, help="most bars per symbol (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=32.0,
+        help="largest request body in MiB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="threads computing features (default: %(default)s)"
+    )
+
+
+def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerConfig:
+    """The server's limits from the command line (:class:`ServerConfig` checks them)."""
+    from mlsignal.server import ServerConfig
+
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):  # before int(): NaN, inf
+        raise ConfigError(f"--max-body-mb must be a positive number of MiB, got {args.max_body_mb}")
+    return ServerConfig(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_symbols=args.max_symbols,
+        max_bars=args.max_bars,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        workers=args.workers,
+        inline_windows=getattr(args, "inline_windows", ServerConfig.inline_windows),
+        api_keys=keys,
+    )

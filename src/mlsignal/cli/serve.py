@@ -11,39 +11,14 @@ import argparse
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
 
+from mlsignal.cli.options import cli_settings, server_config
 from mlsignal.errors import ConfigError
-
-if TYPE_CHECKING:
-    from mlsignal.server import ServerConfig
 
 log = logging.getLogger("mlsignal.server")
 
 #: Seconds uvicorn waits for requests in flight after SIGTERM before cancelling them.
 GRACEFUL_S = 30.0
-
-
-def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerConfig:
-    """The server's limits from the command line."""
-    from mlsignal.server import ServerConfig
-
-    for name in ("max_batch", "max_queue", "max_symbols", "max_bars", "workers"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_wait_ms < 0 or not args.max_body_mb > 0:
-        raise ConfigError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
-    return ServerConfig(
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        max_symbols=args.max_symbols,
-        max_bars=args.max_bars,
-        max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        workers=args.workers,
-        inline_windows=getattr(args, "inline_windows", ServerConfig.inline_windows),
-        api_keys=keys,
-    )
 
 
 def _check_tls(args: argparse.Namespace) -> None:
@@ -52,14 +27,12 @@ def _check_tls(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the exit code."""
-    from mlsignal.cli.serve_ray import maybe_serve_ray
+    """Run the server until SIGTERM/SIGINT; returns the exit code.
 
-    if (code := maybe_serve_ray(args)) is not None:  # --engine ray: a Ray Serve application
-        return code
+    The uvicorn engine; ``--engine ray`` goes to :mod:`mlsignal.cli.serve_ray` instead.
+    """
     import uvicorn
 
-    from mlsignal.config import Settings
     from mlsignal.server import create_app, load_model
     from mlsignal.server.auth import check_bind, load_keys
 
@@ -67,12 +40,12 @@ def serve(args: argparse.Namespace) -> int:
     check_bind(args.host, keys, args.insecure)
     _check_tls(args)
     config = server_config(args, keys)
-    settings = Settings.from_env()
+    settings = cli_settings(args)
     device = args.device or settings.device
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
     backend = args.backend or settings.backend
-    state = load_model(args.bundle, device, backend, config.max_batch)
+    state = load_model(args.bundle, device, backend, config.max_batch, settings=settings)
     app = create_app(config, state)
     scheme = "https" if args.ssl_certfile else "http"
     log.info(

@@ -162,9 +162,9 @@ def serve_ray(args: argparse.Namespace) -> int:
     except ImportError:
         raise ConfigError(MISSING_RAY) from None
     from mlsignal.bundle import load_bundle
-    from mlsignal.cli.serve import server_config
-    from mlsignal.config import Settings, resolve_backend
-    from mlsignal.runtime.base import has_onnx_model
+    from mlsignal.cli.options import cli_settings, server_config
+    from mlsignal.config import resolve_backend
+    from mlsignal.runtime.factory import has_onnx_model
     from mlsignal.server.auth import check_bind, load_keys
     from mlsignal.server.ray_engine import build_app
 
@@ -172,7 +172,7 @@ def serve_ray(args: argparse.Namespace) -> int:
     check_bind(args.host, keys, args.insecure)
     config = server_config(args, keys)
     options = ray_options(args)
-    settings = Settings.from_env()
+    settings = cli_settings(args)
     device = replica_device(args, options.gpus_per_replica, settings.device)
     http = _http_options(args)
     bundle = load_bundle(args.bundle)  # fail here, in one line, before starting Ray

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mlsignal.runtime.base import Runtime, load_runtime
+from mlsignal.runtime.base import Runtime
+from mlsignal.runtime.factory import load_runtime
 from mlsignal.signature import OUTPUT_NAMES
 
 __all__ = ["OUTPUT_NAMES", "Runtime", "load_runtime"]

@@ -15,8 +15,9 @@ one large pinned buffer, with a single synchronize at the end. Capture happens a
 (all graphs share one memory pool), so the first bar pays nothing and the server's
 ``/readyz`` turns ready only after it.
 
-``precision`` (``ML_GPU_PRECISION``): ``fp32`` (default, within 1e-5 of the CPU), ``tf32``
-or ``bf16``; the parity gate uses :data:`mlsignal.runtime.fused.PRECISION_ATOL`.
+``precision`` (``Settings.gpu_precision``, ``ML_GPU_PRECISION``): ``fp32`` (default, within
+1e-5 of the CPU), ``tf32`` or ``bf16``; the parity gate uses this runtime's ``parity_atol``,
+:data:`mlsignal.runtime.fused.PRECISION_ATOL` of its precision.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class CudaGraphRuntime(TorchRuntime):
         if self._torch_device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.precision = check_precision(precision)
-        self.parity_atol = PRECISION_ATOL[self.precision]
+        self.parity_atol = PRECISION_ATOL[self.precision]  # the gate's tolerance at this precision
         if buckets is None:
             buckets = BUCKETS if fused else tuple(b for b in BUCKETS if b <= UNFUSED_MAX)
         self.buckets = tuple(sorted(set(buckets)))

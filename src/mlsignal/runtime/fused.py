@@ -28,11 +28,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from mlsignal.config import GPU_PRECISIONS
 from mlsignal.errors import ConfigError
 from mlsignal.models.signal_model import SignalModel
 from mlsignal.models.stack import PROB_EPS
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = GPU_PRECISIONS
 #: Parity tolerance on every output column against the CPU float32 model, per precision.
 PRECISION_ATOL = {"fp32": 1e-5, "tf32": 2e-3, "bf16": 2e-2}
 

@@ -17,17 +17,21 @@ import numpy as np
 import onnxruntime as ort
 
 from mlsignal.bundle import Bundle
-from mlsignal.config import DEVICE_ENV, check_device_spec
-from mlsignal.errors import BundleError, BundleIntegrityError, ConfigError, DeviceUnavailableError
-from mlsignal.runtime.base import check_windows
+from mlsignal.config import (
+    DEVICE_ENV,
+    INTER_OP_ENV,
+    INTRA_OP_ENV,
+    check_thread_count,
+    device_setting,
+)
+from mlsignal.errors import BundleError, BundleIntegrityError, DeviceUnavailableError
+from mlsignal.runtime.base import PARITY_ATOL, check_windows
 from mlsignal.signature import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 #: The exported graph's file name inside a bundle.
 ONNX_FILE = "model.onnx"
-INTRA_OP_ENV = "ML_ONNX_INTRA_OP_THREADS"
-INTER_OP_ENV = "ML_ONNX_INTER_OP_THREADS"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 # Errors that mean the file itself is bad, whatever the device.
@@ -37,11 +41,6 @@ _FILE_ERRORS = tuple(
 )
 
 Provider = str | tuple[str, dict[str, Any]]
-
-
-def device_setting(spec: str | None = None) -> str:
-    """The device setting as asked: ``spec``, else ``ML_INFERENCE_DEVICE``, else ``auto``."""
-    return check_device_spec((spec or os.environ.get(DEVICE_ENV, "") or "auto").strip().lower())
 
 
 def resolve_onnx_device(spec: str | None = None) -> str:
@@ -73,21 +72,6 @@ def providers_for(device: str) -> list[Provider]:
     return [(CUDA_PROVIDER, {"device_id": int(device.split(":")[1])}), CPU_PROVIDER]
 
 
-def _thread_count(value: int | None, env: str) -> int | None:
-    """A thread count from the argument, else the environment; ``None`` keeps ORT's default."""
-    if value is None:
-        raw = os.environ.get(env, "").strip()
-        if not raw:
-            return None
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{env}={raw!r} is not a whole number of threads") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{env} must be a whole number >= 0 (0: onnxruntime's default)")
-    return value
-
-
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
     try:
@@ -100,7 +84,8 @@ def session_options(
     intra_op_threads: int | None = None, inter_op_threads: int | None = None
 ) -> ort.SessionOptions:
     """SessionOptions for this model: full graph optimisation, sequential execution, and the
-    thread counts (arguments, then ``ML_ONNX_*_THREADS``, then the defaults below).
+    thread counts (``None``: the defaults below; ``0``: onnxruntime's own). The factory passes
+    :class:`~mlsignal.config.Settings`' ``onnx_*_op_threads`` (``ML_ONNX_*_OP_THREADS``).
 
     Defaults, from measurement at batch 1 and 16 on 2 pinned cores (issue 5): intra-op
     threads = the CPUs in this process's affinity mask. ONNX Runtime's own default counts the
@@ -116,8 +101,8 @@ def session_options(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_mem_pattern = True
     opts.enable_cpu_mem_arena = True
-    intra = _thread_count(intra_op_threads, INTRA_OP_ENV)
-    inter = _thread_count(inter_op_threads, INTER_OP_ENV)
+    intra = check_thread_count(intra_op_threads, INTRA_OP_ENV)
+    inter = check_thread_count(inter_op_threads, INTER_OP_ENV)
     opts.intra_op_num_threads = cpu_count() if intra is None else intra
     opts.inter_op_num_threads = 1 if inter is None else inter
     return opts
@@ -149,6 +134,7 @@ class OnnxRuntime:
     """``predict(windows) -> (B, 3)`` with the bundle's model.onnx in onnxruntime."""
 
     backend = "onnx"
+    parity_atol: float = PARITY_ATOL  # float32 graph
 
     def __init__(
         self,

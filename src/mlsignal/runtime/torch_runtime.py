@@ -11,7 +11,7 @@ from mlsignal.bundle import WEIGHTS_FILE, Bundle
 from mlsignal.config import resolve_device
 from mlsignal.errors import BundleIntegrityError
 from mlsignal.models.signal_model import SignalModel, SignalModelConfig
-from mlsignal.runtime.base import check_windows
+from mlsignal.runtime.base import PARITY_ATOL, check_windows
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class TorchRuntime:
     """``predict(windows) -> (B, 3)`` with a SignalModel on one torch device."""
 
     backend = "torch"
+    parity_atol: float = PARITY_ATOL  # IEEE float32 on every device (TF32 off on CUDA)
 
     def __init__(self, bundle: Bundle, device: str | None = None) -> None:
         self.bundle = bundle

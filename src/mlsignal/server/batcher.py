@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlsignal.config import DEFAULT_MAX_WAIT_MS
 from mlsignal.errors import DeadlineError
 from mlsignal.server.forwarder import Predictor, admit
 
@@ -57,7 +58,7 @@ class Batcher:
     def __init__(
         self,
         max_batch: int = 256,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_queue: int = 4096,
         on_batch: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,

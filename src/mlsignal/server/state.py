@@ -23,7 +23,8 @@ from fastapi import Request, Response
 
 from mlsignal import wire
 from mlsignal.bundle import GOLDEN_FILE, Bundle, load_bundle
-from mlsignal.errors import ReloadBusyError, VersionPinError
+from mlsignal.config import DEFAULT_MAX_WAIT_MS, Settings
+from mlsignal.errors import ConfigError, ReloadBusyError, VersionPinError
 from mlsignal.runtime import load_runtime
 from mlsignal.runtime.base import check_parity
 from mlsignal.server.batcher import Batcher
@@ -43,6 +44,8 @@ class ModelState:
     parity_worst_diff: float
     warmup_ms: float
     loaded_at: str
+    #: What the runtime was loaded with (``None``: the environment's at load time).
+    settings: Settings | None = field(default=None, repr=False)
 
     @property
     def device(self) -> str:
@@ -90,15 +93,24 @@ def warm_up(runtime: Any, bundle: Bundle, max_batch: int) -> float:
 
 
 def load_model(
-    path: str | os.PathLike[str], device: str | None, backend: str, max_batch: int
+    path: str | os.PathLike[str],
+    device: str | None,
+    backend: str,
+    max_batch: int,
+    *,
+    settings: Settings | None = None,
 ) -> ModelState:
-    """Load and verify a bundle, load its runtime behind the parity gate, and warm it up."""
+    """Load and verify a bundle, load its runtime behind the parity gate, and warm it up.
+
+    ``settings``: the runtime's knobs (:func:`~mlsignal.runtime.load_runtime`; default the
+    environment's); a hot reload uses the same ones.
+    """
     bundle = load_bundle(path)
-    runtime = load_runtime(bundle, device, backend, verify=False)
+    runtime = load_runtime(bundle, device, backend, verify=False, settings=settings)
     worst = check_parity(runtime)
     warm_ms = warm_up(runtime, bundle, max_batch)
     loaded_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return ModelState(bundle, runtime, Path(path), worst, warm_ms, loaded_at)
+    return ModelState(bundle, runtime, Path(path), worst, warm_ms, loaded_at, settings)
 
 
 class ModelHolder:
@@ -131,7 +143,12 @@ class ModelHolder:
         try:
             target = Path(path) if path is not None else self.current.path
             new = await asyncio.to_thread(
-                load_model, target, self.device, self.backend, self.max_batch
+                load_model,
+                target,
+                self.device,
+                self.backend,
+                self.max_batch,
+                settings=self.current.settings,
             )
         finally:
             self._busy = False
@@ -151,10 +168,14 @@ class ModelHolder:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Limits and batching of one server; ``api_keys`` are never shown in its repr."""
+    """Limits and batching of one server; ``api_keys`` are never shown in its repr.
+
+    Checked on construction: a bad value is a :class:`ConfigError` naming the field and its
+    ``mlsignal serve`` flag.
+    """
 
     max_batch: int = 256
-    max_wait_ms: float = 0.0  # measured: a fill wait halves CPU throughput (closed loop)
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     max_queue: int = 4096
     #: Off by default: inline forwards have no await, so under load they serialise the
     #: server and the bounded queue (503) and batching never engage. See Batcher.
@@ -164,6 +185,29 @@ class ServerConfig:
     max_body_bytes: int = 32 << 20
     workers: int = 2
     api_keys: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_symbols", "max_bars", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{_named(name)} must be a whole number >= 1, got {value!r}")
+        if not self.max_wait_ms >= 0:  # NaN too
+            raise ConfigError(f"{_named('max_wait_ms')} must be >= 0, got {self.max_wait_ms!r}")
+        if not self.max_body_bytes > 0:
+            raise ConfigError(
+                f"max_body_bytes (--max-body-mb) must be > 0, got {self.max_body_bytes!r} bytes"
+            )
+        if isinstance(self.inline_windows, bool) or not (
+            isinstance(self.inline_windows, int) and self.inline_windows >= 0
+        ):
+            raise ConfigError(
+                f"inline_windows must be a whole number >= 0, got {self.inline_windows!r}"
+            )
+
+
+def _named(field_name: str) -> str:
+    """``max_batch`` -> ``max_batch (--max-batch)``: the API name and the CLI flag."""
+    return f"{field_name} (--{field_name.replace('_', '-')})"
 
 
 def inline_safe(state: ModelState) -> bool:
