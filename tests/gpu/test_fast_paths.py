@@ -128,4 +128,8 @@ def test_load_runtime_switches(setup, monkeypatch):
     monkeypatch.setenv("ML_GPU_PRECISION", "fp8")
     with pytest.raises(ConfigError, match="fp8"):
         load_runtime(bundle, "cuda", "torch")
+    # settings are read once and checked whole (issue 11): fp8 is refused on CPU too
+    with pytest.raises(ConfigError, match="fp8"):
+        load_runtime(bundle, "cpu", "torch")
+    monkeypatch.setenv("ML_GPU_PRECISION", "bf16")
     assert type(load_runtime(bundle, "cpu", "torch")) is TorchRuntime  # CPU: never graphs

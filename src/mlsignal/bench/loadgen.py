@@ -23,7 +23,8 @@ import contextlib
 import ipaddress
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,6 +54,9 @@ class LoadSpec:
         content_type: the request's Content-Type.
         expect: bytes every good response body contains (``None``: any 2xx is good).
         client: ``raw`` (asyncio streams) or ``httpx`` (``httpx.AsyncClient``).
+        headers: extra request headers (e.g. ``Inference-Header-Content-Length``).
+        processes: load generator processes sharing ``clients`` and ``requests`` (one
+            Python process cannot send a GPU server's worth of binary tensors).
     """
 
     url: str
@@ -66,6 +70,8 @@ class LoadSpec:
     content_type: str = "application/json"
     expect: bytes | None = None
     client: str = "raw"
+    headers: tuple[tuple[str, str], ...] = ()
+    processes: int = 1
 
 
 @dataclass
@@ -121,22 +127,72 @@ def check_spec(spec: LoadSpec) -> tuple[str, int, str]:
     target = check_loopback(spec.url)
     if spec.client not in CLIENT_KINDS:
         raise ConfigError(f"load generator: client must be one of {CLIENT_KINDS}")
-    for name in ("requests", "clients", "windows_per_request"):
+    for name in ("requests", "clients", "windows_per_request", "processes"):
         if getattr(spec, name) < 1:
             raise ConfigError(f"load generator: {name} must be at least 1")
+    if spec.processes > spec.clients:
+        raise ConfigError("load generator: processes must not exceed clients")
     if spec.warmup < 0 or not spec.time_limit_s > 0 or not spec.timeout_s > 0:
         raise ConfigError("load generator: warmup >= 0, time_limit_s > 0 and timeout_s > 0")
     return target
 
 
 def run_load(spec: LoadSpec) -> LoadResult:
-    """Run one bounded load (blocking); see the module docstring."""
+    """Run one bounded load (blocking); see the module docstring. With ``processes`` > 1
+    the clients and requests are split over that many processes and the results merged."""
     target = check_spec(spec)
+    if spec.processes > 1:
+        return _merge(spec, _in_processes(_run_part, _split(spec)))
+    return _event_loop(_run(spec, target))
+
+
+def _run_part(part: tuple[LoadSpec, Any]) -> LoadResult:
+    """One process's share: warm up, wait for every process at ``barrier``, run."""
+    spec, barrier = part
+    return _event_loop(_run(spec, check_spec(spec), barrier))
+
+
+def _event_loop(coro: Any) -> Any:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_run(spec, target))
-    return uvloop.run(_run(spec, target))
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _split(spec: LoadSpec) -> list[LoadSpec]:
+    """``spec`` as ``processes`` single-process parts (clients and requests shared out)."""
+    p = spec.processes
+    return [
+        replace(
+            spec,
+            clients=spec.clients // p + (i < spec.clients % p),
+            requests=max(1, spec.requests // p + (i < spec.requests % p)),
+            processes=1,
+        )
+        for i in range(p)
+    ]
+
+
+def _in_processes(fn: Callable[[Any], Any], parts: list[Any]) -> list[Any]:
+    """``fn((part, barrier))`` for each part, each in its own (spawned) process; the timed
+    runs start together (a shared barrier after every process's warm-up)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a bench process may hold CUDA and threads
+    with ctx.Manager() as manager, ctx.Pool(len(parts)) as pool:
+        barrier = manager.Barrier(len(parts))
+        return pool.map(fn, [(part, barrier) for part in parts])
+
+
+def _merge(spec: LoadSpec, results: list[LoadResult]) -> LoadResult:
+    """One result of a load run in parts (latencies pooled, errors summed, the longest
+    elapsed time)."""
+    tally = _Tally(spec.requests, 0.0)
+    for r in results:
+        tally.latencies.extend(ms / 1e3 for ms in r.latencies_ms)
+        tally.errors.update(r.error_kinds)
+    return _summarise(spec, tally, max(r.elapsed_s for r in results))
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -161,12 +217,14 @@ class _Tally:
 GRACE_S = 1.0
 
 
-async def _run(spec: LoadSpec, target: tuple[str, int, str]) -> LoadResult:
+async def _run(spec: LoadSpec, target: tuple[str, int, str], barrier: Any = None) -> LoadResult:
     make = _RawClient if spec.client == "raw" else _HttpxClient
     clients = [make(spec, target) for _ in range(spec.clients)]
     try:
         warm_end = time.perf_counter() + spec.time_limit_s  # a hung server bounds this too
         await asyncio.gather(*(_warm(c, spec, warm_end) for c in clients))
+        if barrier is not None:
+            await asyncio.to_thread(barrier.wait, spec.time_limit_s + 60)
         tally = _Tally(spec.requests, 0.0)
         t0 = time.perf_counter()
         tally.deadline = t0 + spec.time_limit_s
@@ -266,6 +324,7 @@ class _RawClient(_Client):
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
         if spec.body is not None:
             head += f"Content-Type: {spec.content_type}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in spec.headers)
         self.message = (head + "\r\n").encode("latin-1") + body
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -340,6 +399,7 @@ class _HttpxClient(_Client):
         self.method = "POST" if spec.body is not None else "GET"
         self.url, self.body = spec.url, spec.body
         self.headers = {"content-type": spec.content_type} if spec.body is not None else {}
+        self.headers.update(spec.headers)
         self.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1), timeout=None, trust_env=False
         )

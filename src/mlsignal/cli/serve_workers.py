@@ -1,0 +1,183 @@
+"""``mlsignal serve --workers N``: N server processes behind one listening socket.
+
+One Python process spends about a millisecond of GIL time per request on HTTP, decoding and
+preparing, so one process cannot keep a GPU busy. With ``--workers N`` (uvicorn's and
+gunicorn's meaning: processes) this process becomes a small supervisor: it binds the
+address once, holds no model and never touches CUDA, and starts N worker processes. Each
+worker is a complete ``mlsignal serve`` (its own verified, warmed runtime on the same
+device, its own batcher and admission limit) accepting connections from the shared socket,
+so the kernel hands each new connection to a worker that is waiting in ``accept``.
+
+- SIGTERM/SIGINT: forwarded to every worker; each drains (requests in flight finish) and
+  exits; the supervisor exits 0 when all exited 0.
+- SIGHUP: forwarded; every worker reloads its bundle (a failed reload keeps the old model).
+- A worker that dies is started again (logged), unless it died within
+  :data:`STARTUP_GRACE_S` of its start: then the supervisor stops the others and exits
+  with its code (a bundle or device that cannot load does not restart forever).
+
+A worker is started as ``python -m mlsignal.cli.serve_workers`` with its arguments in the
+environment variable :data:`WORKER_ENV` (JSON) and the listening socket as an inherited
+file descriptor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("mlsignal.server")
+
+#: The environment variable carrying a worker's arguments and socket.
+WORKER_ENV = "MLSIGNAL_SERVE_WORKER"
+#: A worker that exits sooner than this after its start failed to start: no restart.
+STARTUP_GRACE_S = 120.0
+#: Pending connections the shared socket queues for the workers.
+BACKLOG = 4096
+_SKIP = frozenset({"func", "settings", "bundle_from_settings"})
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The shared listening socket (IPv4 or IPv6 by the address), inheritable."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        from mlsignal.errors import ConfigError
+
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_env(args: argparse.Namespace, fd: int, index: int) -> str:
+    """A worker's JSON: its arguments (plain values only), the socket's fd, its index."""
+    plain = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in _SKIP and (v is None or isinstance(v, str | int | float | bool | list))
+    }
+    return json.dumps({"fd": fd, "index": index, "args": plain})
+
+
+class Supervisor:
+    """Starts, watches, signals and restarts the worker processes."""
+
+    def __init__(self, args: argparse.Namespace, workers: int) -> None:
+        self.args = args
+        self.workers = workers
+        self.sock = listen(args.host, args.port)
+        self.procs: dict[int, tuple[subprocess.Popen, float]] = {}
+        self.stopping = threading.Event()
+        self.code = 0
+
+    def start(self, index: int) -> None:
+        """Start worker ``index`` on the shared socket."""
+        env = {**os.environ, WORKER_ENV: worker_env(self.args, self.sock.fileno(), index)}
+        cmd = [sys.executable, "-m", "mlsignal.cli.serve_workers"]
+        proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(),))
+        self.procs[index] = (proc, time.monotonic())
+        log.info("worker %d started: pid %d", index, proc.pid)
+
+    def signal_all(self, sig: int) -> None:
+        """Send ``sig`` to every live worker."""
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+    def run(self) -> int:
+        """Start every worker and watch them until a stop; returns the exit code."""
+        for i in range(self.workers):
+            self.start(i)
+        scheme = "https" if self.args.ssl_certfile else "http"
+        log.info(
+            "supervising %d workers on %s://%s:%d (pid %d)",
+            self.workers, scheme, self.args.host, self.args.port, os.getpid(),
+        )  # fmt: skip
+        while not self.stopping.is_set():
+            self.stopping.wait(0.2)
+            self._check()
+        return self._drain()
+
+    def _check(self) -> None:
+        for index, (proc, started) in list(self.procs.items()):
+            code = proc.poll()
+            if code is None or self.stopping.is_set():
+                continue
+            if time.monotonic() - started < STARTUP_GRACE_S:
+                log.error("worker %d exited with %d while starting; stopping", index, code)
+                self.code = code or 1
+                self.stopping.set()
+                return
+            log.error("worker %d (pid %d) exited with %d; starting it again", index, proc.pid, code)
+            self.start(index)
+
+    def _drain(self) -> int:
+        self.signal_all(signal.SIGTERM)
+        for index, (proc, _) in self.procs.items():
+            code = proc.wait()
+            if code not in (0, -signal.SIGTERM):
+                log.error("worker %d exited with %d", index, code)
+                self.code = self.code or code
+        self.sock.close()
+        log.info("stopped: %d workers drained", len(self.procs))
+        return self.code
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run ``args.workers`` worker processes until SIGTERM/SIGINT; returns the exit code."""
+    from mlsignal.bundle import load_bundle
+
+    load_bundle(args.bundle)  # a missing or tampered bundle: one line here, not N tracebacks
+    sup = Supervisor(args, args.workers)
+
+    def stop(signum: int, frame: Any) -> None:
+        sup.stopping.set()
+
+    def reload(signum: int, frame: Any) -> None:
+        log.info("SIGHUP: every worker reloads its bundle")
+        sup.signal_all(signal.SIGHUP)
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, reload),
+    }
+    try:
+        return sup.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_worker() -> int:
+    """A worker's main: its arguments and socket from :data:`WORKER_ENV`, then ``serve``."""
+    from mlsignal.cli.serve import serve
+    from mlsignal.errors import MLSignalError
+    from mlsignal.logs import configure_logging
+
+    doc = json.loads(os.environ.pop(WORKER_ENV))
+    args = argparse.Namespace(**doc["args"])
+    configure_logging(args.log_level, args.log_json)
+    sock = socket.socket(fileno=doc["fd"])
+    try:
+        return serve(args, sock=sock, worker=doc["index"])
+    except MLSignalError as e:
+        print(f"mlsignal serve: worker {doc['index']}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker())
