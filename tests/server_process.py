@@ -9,6 +9,7 @@ server's certificate; the cert/key options go in ``extra_args``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,8 +66,13 @@ class ServerProcess:
     def start(self, wait_ready: bool = True, timeout_s: float = 60.0) -> ServerProcess:
         """Start the process; with ``wait_ready``, wait for ``/readyz`` 200 or fail."""
         self._log = self.log_path.open("wb")
+        # its own process group: kill() ends a supervisor's worker processes with it
         self.proc = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         if wait_ready:
             self.wait_ready(timeout_s)
@@ -105,10 +111,14 @@ class ServerProcess:
         return self.proc.wait(timeout=timeout_s)
 
     def kill(self) -> None:
-        """SIGKILL (a crashed server)."""
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGKILL to the server and any worker processes it started (a crashed server)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(timeout=10)
+        self.proc.wait(timeout=10)
 
     def pause(self) -> None:
         """SIGSTOP (a hung server: the kernel still accepts connections)."""

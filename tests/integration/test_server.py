@@ -396,9 +396,9 @@ def test_hot_reload_under_load_fails_no_request(tiny_bundle, server_factory, tmp
 
 def test_sigterm_drains_requests_in_flight(tiny_bundle, server_factory, sp500_bars):
     # Enough work to be still in flight after 0.6 s on a fast 2-core machine: 4 x 400
-    # symbols through PyTorch (about twice ONNX Runtime's time on the CPU), one worker.
+    # symbols through PyTorch (about twice ONNX Runtime's time on the CPU), one thread.
     server = server_factory(
-        tiny_bundle, "--device", "cpu", "--backend", "torch", "--workers", "1",
+        tiny_bundle, "--device", "cpu", "--backend", "torch", "--threads", "1",
         "--max-wait-ms", "5",
     ).start()  # fmt: skip
     doc = {

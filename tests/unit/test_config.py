@@ -153,7 +153,9 @@ def test_server_config_checks_itself_for_api_users_and_the_cli():
     assert ServerConfig().max_batch == 256
     cases = [
         ({"max_batch": 0}, r"max_batch \(--max-batch\) must be a whole number >= 1, got 0"),
-        ({"workers": 1.5}, r"workers \(--workers\) must be a whole number >= 1"),
+        ({"threads": 1.5}, r"threads \(--threads\) must be a whole number >= 1"),
+        ({"max_inflight": 0}, r"max_inflight \(--max-inflight\) must be a whole number >= 1"),
+        ({"default_deadline_ms": 0}, r"default_deadline_ms \(--request-timeout-ms\) must be"),
         ({"max_wait_ms": -1.0}, r"max_wait_ms \(--max-wait-ms\) must be >= 0, got -1.0"),
         ({"max_wait_ms": float("nan")}, r"max_wait_ms \(--max-wait-ms\) must be >= 0"),
         ({"max_body_bytes": 0}, r"max_body_bytes \(--max-body-mb\) must be > 0, got 0 bytes"),

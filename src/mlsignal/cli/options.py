@@ -76,7 +76,8 @@ def add_enhancer_options(p: argparse.ArgumentParser) -> None:
 
 def add_server_limit_options(p: argparse.ArgumentParser) -> None:
     """``--max-batch --max-wait-ms --max-queue --max-symbols --max-bars --max-body-mb
-    --workers``: the server's limits and batching (:func:`server_config` reads them)."""
+    --workers --threads --max-inflight --request-timeout-ms``: the server's processes,
+    limits and batching (:func:`server_config` reads them)."""
     p.add_argument(
         "--max-batch",
         type=int,
@@ -112,7 +113,30 @@ def add_server_limit_options(p: argparse.ArgumentParser) -> None:
         help="largest request body in MiB (default: %(default)s)",
     )
     p.add_argument(
-        "--workers", type=int, default=2, help="threads computing features (default: %(default)s)"
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with its own model on the device "
+        "(uvicorn's meaning; default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="threads per process decoding and preparing big requests (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=512,
+        help="work requests in flight per process, from arrival to answer; beyond it 503 "
+        "with Retry-After at once (default: %(default)s)",
+    )
+    p.add_argument(
+        "--request-timeout-ms",
+        type=float,
+        help="deadline of a request that brings none (deadline_ms, X-Deadline-Ms), from its "
+        "arrival; past it 504 (default: none)",
     )
 
 
@@ -129,7 +153,9 @@ def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerCo
         max_symbols=args.max_symbols,
         max_bars=args.max_bars,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        workers=args.workers,
+        threads=args.threads,
+        max_inflight=args.max_inflight,
+        default_deadline_ms=getattr(args, "request_timeout_ms", None),
         inline_windows=getattr(args, "inline_windows", ServerConfig.inline_windows),
         api_keys=keys,
     )

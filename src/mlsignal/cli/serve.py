@@ -3,6 +3,8 @@
 Refuses (exit 2, one line) to listen on a non-loopback address without API keys unless
 ``--insecure``. SIGTERM/SIGINT drain: no new connections, requests in flight finish, the
 batcher empties, exit 0. SIGHUP reloads the bundle (see ``POST /v1/admin/reload``).
+With ``--workers N`` (N > 1) this process supervises N such servers on one socket
+(:mod:`mlsignal.cli.serve_workers`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 
 from mlsignal.cli.options import cli_settings, server_config
@@ -26,10 +29,12 @@ def _check_tls(args: argparse.Namespace) -> None:
         raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: int = 0) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code.
 
     The uvicorn engine; ``--engine ray`` goes to :mod:`mlsignal.cli.serve_ray` instead.
+    ``sock``: a listening socket to serve on (a worker of ``--workers N``); ``None`` binds
+    ``--host``/``--port`` itself, or supervises ``--workers`` processes when that is > 1.
     """
     import uvicorn
 
@@ -40,18 +45,25 @@ def serve(args: argparse.Namespace) -> int:
     check_bind(args.host, keys, args.insecure)
     _check_tls(args)
     config = server_config(args, keys)
-    settings = cli_settings(args)
-    device = args.device or settings.device
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if sock is None and args.workers > 1:
+        from mlsignal.cli.serve_workers import supervise
+
+        return supervise(args)
+    settings = cli_settings(args)
+    device = args.device or settings.device
     backend = args.backend or settings.backend
     state = load_model(args.bundle, device, backend, config.max_batch, settings=settings)
     app = create_app(config, state)
     scheme = "https" if args.ssl_certfile else "http"
     log.info(
-        "serving %s://%s:%d device=%s backend=%s model_version=%s contract_hash=%s "
+        "serving %s://%s:%d%s device=%s backend=%s model_version=%s contract_hash=%s "
         "api_keys=%s parity_worst_diff=%.3g warmup_ms=%.1f",
-        scheme, args.host, args.port, state.device, state.backend,
+        scheme, args.host, args.port, f" worker={worker}" if sock is not None else "",
+        state.device, state.backend,
         state.bundle.model_version, state.bundle.contract_hash,
         "on" if keys else "off", state.parity_worst_diff, state.warmup_ms,
     )  # fmt: skip
@@ -75,7 +87,7 @@ def serve(args: argparse.Namespace) -> int:
     drained = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in drained}
     try:
-        server.run()
+        server.run(sockets=None if sock is None else [sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

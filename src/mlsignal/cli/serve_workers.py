@@ -11,9 +11,10 @@ so the kernel hands each new connection to a worker that is waiting in ``accept`
 - SIGTERM/SIGINT: forwarded to every worker; each drains (requests in flight finish) and
   exits; the supervisor exits 0 when all exited 0.
 - SIGHUP: forwarded; every worker reloads its bundle (a failed reload keeps the old model).
-- A worker that dies is started again (logged), unless it died within
-  :data:`STARTUP_GRACE_S` of its start: then the supervisor stops the others and exits
-  with its code (a bundle or device that cannot load does not restart forever).
+- A worker killed by a signal (a crash, the OOM killer, ``kill -9``) is started again
+  (logged). A worker that exits by itself (a bundle, device or port that cannot be used:
+  exit 1 or 2) stops the supervisor with its code: such an error does not go away on a
+  restart, so it is not retried forever.
 
 A worker is started as ``python -m mlsignal.cli.serve_workers`` with its arguments in the
 environment variable :data:`WORKER_ENV` (JSON) and the listening socket as an inherited
@@ -31,15 +32,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 log = logging.getLogger("mlsignal.server")
 
 #: The environment variable carrying a worker's arguments and socket.
 WORKER_ENV = "MLSIGNAL_SERVE_WORKER"
-#: A worker that exits sooner than this after its start failed to start: no restart.
-STARTUP_GRACE_S = 120.0
 #: Pending connections the shared socket queues for the workers.
 BACKLOG = 4096
 _SKIP = frozenset({"func", "settings", "bundle_from_settings"})
@@ -79,7 +77,7 @@ class Supervisor:
         self.args = args
         self.workers = workers
         self.sock = listen(args.host, args.port)
-        self.procs: dict[int, tuple[subprocess.Popen, float]] = {}
+        self.procs: dict[int, subprocess.Popen] = {}
         self.stopping = threading.Event()
         self.code = 0
 
@@ -88,12 +86,12 @@ class Supervisor:
         env = {**os.environ, WORKER_ENV: worker_env(self.args, self.sock.fileno(), index)}
         cmd = [sys.executable, "-m", "mlsignal.cli.serve_workers"]
         proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(),))
-        self.procs[index] = (proc, time.monotonic())
+        self.procs[index] = proc
         log.info("worker %d started: pid %d", index, proc.pid)
 
     def signal_all(self, sig: int) -> None:
         """Send ``sig`` to every live worker."""
-        for proc, _ in self.procs.values():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(sig)
 
@@ -112,21 +110,22 @@ class Supervisor:
         return self._drain()
 
     def _check(self) -> None:
-        for index, (proc, started) in list(self.procs.items()):
+        for index, proc in list(self.procs.items()):
             code = proc.poll()
             if code is None or self.stopping.is_set():
                 continue
-            if time.monotonic() - started < STARTUP_GRACE_S:
-                log.error("worker %d exited with %d while starting; stopping", index, code)
+            if code >= 0:  # it exited by itself: an error a restart would repeat
+                log.error("worker %d exited with %d; stopping every worker", index, code)
                 self.code = code or 1
                 self.stopping.set()
                 return
-            log.error("worker %d (pid %d) exited with %d; starting it again", index, proc.pid, code)
+            sig = signal.Signals(-code).name
+            log.error("worker %d (pid %d) was killed (%s); starting it again", index, proc.pid, sig)
             self.start(index)
 
     def _drain(self) -> int:
         self.signal_all(signal.SIGTERM)
-        for index, (proc, _) in self.procs.items():
+        for index, proc in self.procs.items():
             code = proc.wait()
             if code not in (0, -signal.SIGTERM):
                 log.error("worker %d exited with %d", index, code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,7 @@ from mlsignal.errors import (
 )
 from mlsignal.pipeline import Prepared, finish, prepare_arrays, with_regime_vols
 from mlsignal.server import v2
+from mlsignal.server.admission import RETRY_AFTER_S, AdmissionMiddleware, deadline_of, within
 from mlsignal.server.auth import AuthMiddleware
 from mlsignal.server.forwarder import Forwarder
 from mlsignal.server.limits import BodyLimitMiddleware, note_error
@@ -49,8 +51,6 @@ from mlsignal.server.state import (
 from mlsignal.signature import OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
-
-RETRY_AFTER_S = "1"
 
 
 def create_app(
@@ -72,6 +72,7 @@ def create_app(
         middleware=[
             Middleware(MetricsMiddleware, metrics=svc.metrics),
             Middleware(AuthMiddleware, keys=config.api_keys),
+            Middleware(AdmissionMiddleware, max_inflight=config.max_inflight),
             Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes),
         ],
     )
@@ -165,7 +166,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 # --- the v1 steps, shared by routes -------------------------------------------------------
-#: Symbols one pool task prepares; a bigger request is cut in ``workers`` parts.
+#: Symbols one pool task prepares; a bigger request is cut in ``threads`` parts.
 SMALL_REQUEST = 16
 #: Bodies up to this size (a few symbols of a few hundred bars: well under a millisecond of
 #: numpy) are decoded and prepared on the event loop: a thread hop costs more than the work.
@@ -218,20 +219,32 @@ def finish_all(
     return results
 
 
-async def enhance(svc: Services, body: bytes) -> dict[str, Any]:
+async def enhance(svc: Services, request: Request) -> dict[str, Any]:
     """``POST /v1/enhance``: decode + pin + prepare on the loop (small bodies) or in ONE pool
-    task (a big request: in ``workers`` parts), then the batcher; ``finish`` (GARCH done in
-    prepare) runs on the loop for a small request."""
-    loop = asyncio.get_running_loop()
-    arrived, t0 = loop.time(), time.perf_counter()
+    task (a big request: in ``threads`` parts), then the batcher; ``finish`` (GARCH done in
+    prepare) runs on the loop for a small request. The deadline (``deadline_ms``, else the
+    header, else the server's default) counts from the request's arrival."""
+    t0 = time.perf_counter()
     state = svc.holder.current
+    body = await request.body()
     if len(body) <= INLINE_BODY_BYTES:
         call, prepared = decode_prepare(body, svc.config, state)
     else:
         call, prepared = await svc.blocking(decode_prepare, body, svc.config, state)
-    deadline = None if call.deadline_ms is None else arrived + call.deadline_ms / 1e3
+    deadline = deadline_of(request.scope, call.deadline_ms, svc.config.default_deadline_ms)
+    return await within(deadline, _enhance_rest(svc, state, call, prepared, deadline, t0))
+
+
+async def _enhance_rest(
+    svc: Services,
+    state: ModelState,
+    call: wire.EnhanceCall,
+    prepared: list[Prepared] | None,
+    deadline: float | None,
+    t0: float,
+) -> dict[str, Any]:
     if prepared is None:
-        k = -(-len(call.items) // svc.config.workers)
+        k = -(-len(call.items) // svc.config.threads)
         parts = [call.items[i : i + k] for i in range(0, len(call.items), k)]
         done = await asyncio.gather(*(svc.blocking(prepare_items, state, p) for p in parts))
         prepared = [p for part in done for p in part]
@@ -294,14 +307,14 @@ async def metrics(request: Request) -> Response:
 async def models(request: Request) -> Response:
     """The served model: version, contract hash, device, backend, schema, warm-up, parity."""
     svc = services(request)
-    return json_response({**svc.holder.current.describe(), "ready": svc.ready})
+    doc = {**svc.holder.current.describe(), "ready": svc.ready, "pid": os.getpid()}
+    return json_response(doc)
 
 
 @router.post("/v1/enhance")
 async def enhance_route(request: Request) -> Response:
     """Bars + rule scores of one or many symbols -> enhanced scores and ml_info."""
-    svc = services(request)
-    return json_response(await enhance(svc, await request.body()))
+    return json_response(await enhance(services(request), request))
 
 
 @router.post("/v1/predict")
@@ -310,10 +323,11 @@ async def predict_route(request: Request) -> Response:
     svc, body = services(request), await request.body()
     state = svc.holder.current
     shape = (state.bundle.schema.window, state.bundle.schema.n_features)
+    deadline = deadline_of(request.scope, None, svc.config.default_deadline_ms)
     doc = await svc.blocking(wire.loads, body)
     check_pin(doc.get("contract_hash") if isinstance(doc, dict) else None, state)
     windows = await svc.blocking(wire.decode_windows, doc, shape, svc.config.max_symbols)
-    out = await svc.batcher.submit(state.runtime, windows)
+    out = await within(deadline, svc.batcher.submit(state.runtime, windows, deadline))
     names = list(OUTPUT_NAMES)
     return json_response({"names": names, "outputs": out, **model_fields(state)})
 

@@ -47,7 +47,8 @@ from mlsignal.errors import (
     DeadlineError,
     ReplicaUnavailableError,
 )
-from mlsignal.server.app import RETRY_AFTER_S, create_app
+from mlsignal.server.admission import RETRY_AFTER_S
+from mlsignal.server.app import create_app
 from mlsignal.server.forwarder import Predictor, admit
 from mlsignal.server.health import GoldenProbe
 from mlsignal.server.limits import note_error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -183,16 +184,30 @@ class ServerConfig:
     max_symbols: int = 512
     max_bars: int = 5000
     max_body_bytes: int = 32 << 20
-    workers: int = 2
+    #: Threads decoding and preparing big requests off the event loop (per process).
+    threads: int = 2
+    #: Work requests (enhance, predict, V2 infer) in flight in this process, from arrival
+    #: to answer; past it a request gets 503 + Retry-After before its body is read.
+    max_inflight: int = 512
+    #: Deadline of a request that brings none (``deadline_ms``, ``X-Deadline-Ms``), from
+    #: arrival; ``None``: no deadline.
+    default_deadline_ms: float | None = None
     api_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_symbols", "max_bars", "workers"):
+        names = ("max_batch", "max_queue", "max_symbols", "max_bars", "threads", "max_inflight")
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{_named(name)} must be a whole number >= 1, got {value!r}")
         if not self.max_wait_ms >= 0:  # NaN too
             raise ConfigError(f"{_named('max_wait_ms')} must be >= 0, got {self.max_wait_ms!r}")
+        ms = self.default_deadline_ms
+        if ms is not None and not (isinstance(ms, int | float) and 0 < ms < math.inf):
+            raise ConfigError(
+                f"default_deadline_ms (--request-timeout-ms) must be a positive number of ms, "
+                f"got {ms!r}"
+            )
         if not self.max_body_bytes > 0:
             raise ConfigError(
                 f"max_body_bytes (--max-body-mb) must be > 0, got {self.max_body_bytes!r} bytes"
@@ -243,7 +258,7 @@ class Services:
             on_depth=self.metrics.queue_depth.set,
             inline_windows=config.inline_windows if inline_safe(state) else 0,
         )
-        self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="mlsignal-features")
+        self.pool = ThreadPoolExecutor(config.threads, thread_name_prefix="mlsignal-prepare")
         self.draining = False
 
     def _on_swap(self, s: ModelState) -> None:
