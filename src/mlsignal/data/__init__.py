@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from mlsignal.data.io import normalize_bars, read_bars
 from mlsignal.data.samples import SAMPLES, load_dataset, load_sample
-from mlsignal.data.validate import BAR_COLUMNS, check_bar, clean_arrays, validate_bars
+from mlsignal.data.validate import (
+    BAR_COLUMNS,
+    check_bar,
+    clean_arrays,
+    clean_arrays_many,
+    validate_bars,
+)
 
 __all__ = [
     "BAR_COLUMNS",
     "SAMPLES",
     "check_bar",
     "clean_arrays",
+    "clean_arrays_many",
     "load_dataset",
     "load_sample",
     "normalize_bars",

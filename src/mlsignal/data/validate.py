@@ -5,7 +5,8 @@
   only when a check fails. Rows are named by their 0-based position and their timestamp.
 - :func:`clean_arrays`: whether wire arrays (epoch-ms timestamps, ``(n, 5)`` OHLCV) already
   form canonical bars: one pass, no pandas, no message (the server's fast path; a ``False``
-  sends the bars the pandas way, which says what is wrong).
+  sends the bars the pandas way, which says what is wrong); :func:`clean_arrays_many` for
+  many series of one length at once.
 - :func:`check_bar`: one bar of a live stream, with the same messages.
 
 The rules: finite, positive open/high/low/close; ``high >= max(open, close)``, ``low <=
@@ -191,3 +192,22 @@ def clean_arrays(t_ms: np.ndarray, ohlcv: np.ndarray) -> bool:
             and np.isfinite(v).all()
         )
     return bool(ok)
+
+
+def clean_arrays_many(t_ms: np.ndarray, ohlcv: np.ndarray) -> np.ndarray:
+    """:func:`clean_arrays` of ``N`` series of the same length at once: epoch-ms ``t_ms``
+    ``(N, n)`` and ``ohlcv`` ``(N, n, 5)`` -> bool ``(N,)``, row ``i`` equal to
+    ``clean_arrays(t_ms[i], ohlcv[i])`` (the same comparisons, reduced per row).
+    """
+    n_series, n = t_ms.shape
+    if n == 0 or ohlcv.shape != (n_series, n, 5):
+        return np.zeros(n_series, dtype=bool)
+    ok = (t_ms[:, 1:] > t_ms[:, :-1]).all(axis=1)  # (N,)
+    ok &= (t_ms[:, 0] >= T_MIN_MS) & (t_ms[:, -1] <= T_MAX_MS)
+    o, h, low, c, v = (ohlcv[:, :, k] for k in range(5))  # each (N, n)
+    with np.errstate(invalid="ignore"):
+        prices = ohlcv[:, :, :4]
+        ok &= (prices > 0).all(axis=(1, 2)) & np.isfinite(prices).all(axis=(1, 2))
+        ok &= (h >= np.maximum(o, c)).all(axis=1) & (low <= np.minimum(o, c)).all(axis=1)
+        ok &= (v >= 0).all(axis=1) & np.isfinite(v).all(axis=1)
+    return ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlsignal.features.batch import feature_windows_many
 from mlsignal.features.compute import (
     INDICATOR_LOOKBACK,
     compute_features,
@@ -31,6 +32,7 @@ __all__ = [
     "compute_features",
     "feature_window",
     "feature_windows",
+    "feature_windows_many",
     "ohlcv_arrays",
     "valid_ends",
 ]

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from mlsignal.pipeline.finish import ML_INFO_KEYS, annotate, finish, from_server
 from mlsignal.pipeline.prepare import (
+    ArrayItem,
     check_score,
     prepare,
     prepare_arrays,
+    prepare_many,
     prepare_stream,
     regime_vol,
     with_regime_vols,
@@ -30,6 +32,7 @@ from mlsignal.pipeline.types import Prepared, SignalRequest, SignalResult
 
 __all__ = [
     "ML_INFO_KEYS",
+    "ArrayItem",
     "Prepared",
     "SignalRequest",
     "SignalResult",
@@ -39,6 +42,7 @@ __all__ = [
     "from_server",
     "prepare",
     "prepare_arrays",
+    "prepare_many",
     "prepare_stream",
     "regime_vol",
     "with_regime_vols",

@@ -4,29 +4,39 @@
 - :func:`prepare_arrays`: the wire's epoch-ms timestamps and ``(n, 5)`` OHLCV (the server;
   no pandas on clean bars, the DataFrame path's exact errors otherwise);
 - :func:`prepare_stream`: a symbol's :class:`~mlsignal.features.FeatureStream`, whose bars
-  were validated one at a time as they came (a live loop; no pandas).
+  were validated one at a time as they came (a live loop; no pandas);
+- :func:`prepare_many`: :func:`prepare_arrays` and :func:`with_regime_vols` for all the items
+  of a request at once (the server): validation, feature windows and the GARCH filter run
+  across the symbols, not once per symbol.
 
-All three end in :func:`_prepared`: the last ``bundle.min_bars`` bars as arrays and the
+All of them end in :func:`_prepared`: the last ``bundle.min_bars`` bars as arrays and the
 rule scores resolved once, the same way. Errors name the symbol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from mlsignal.bundle import Bundle
-from mlsignal.data import clean_arrays, normalize_bars
+from mlsignal.data import clean_arrays, clean_arrays_many, normalize_bars
 from mlsignal.errors import DataError, InsufficientDataError
-from mlsignal.features import FeatureStream, ohlcv_arrays
+from mlsignal.features import FeatureStream, feature_windows_many, ohlcv_arrays
 from mlsignal.models.garch import GarchParams, garch_forecast, garch_forecast_batch
 from mlsignal.pipeline.types import Prepared, SignalRequest, naming
 from mlsignal.rules import last_score
 
 #: Up to this many symbols, :func:`regime_vol` one by one beats the vectorised GARCH pass.
 SCALAR_GARCH_MAX = 4
+
+#: One symbol as the wire gives it, :func:`prepare_arrays`'s arguments after the bundle:
+#: ``(symbol, t_ms, ohlcv, ss, bs, frame)`` with epoch-ms ``t_ms`` (n,) int64, ``ohlcv``
+#: (n, 5) float64, and ``frame()`` the same bars as a raw DataFrame (for the pandas path).
+ArrayItem = tuple[
+    str, np.ndarray, np.ndarray, float | None, float | None, Callable[[], pd.DataFrame]
+]
 
 
 def check_score(value: float | None, name: str) -> float:
@@ -140,5 +150,106 @@ def with_regime_vols(bundle: Bundle, prepared: list[Prepared]) -> list[Prepared]
     else:
         vols = garch_forecast_batch(bundle.garch, np.stack(returns)).tolist()
     for p, v in zip(prepared, vols, strict=True):
+        p.regime_vol = float(v)
+    return prepared
+
+
+def prepare_many(bundle: Bundle, items: Sequence[ArrayItem]) -> list[Prepared]:
+    """``with_regime_vols(bundle, [prepare_arrays(bundle, *item) for item in items])``,
+    computed across the items at once: the same :class:`Prepared` (window and ``regime_vol``
+    filled), the same numbers bit for bit, the same errors and messages.
+
+    Items of at least ``bundle.min_bars`` bars are checked with one
+    :func:`~mlsignal.data.clean_arrays_many` pass per length; the clean ones (trimmed to
+    ``min_bars``) get their windows from one :func:`~mlsignal.features.feature_windows_many`
+    call and, with the rest, one GARCH pass. Rule scores are computed only for items without
+    ``ss``/``bs``. Every other item (too few bars, dirty bars, a bad score, a non-finite
+    feature) goes through :func:`prepare_arrays` in its turn, so the first bad item (in
+    order) raises exactly what the one-by-one path raises, naming its symbol.
+    """
+    rows, t_ns, ohlcv = _clean_tails(items, bundle.min_bars)  # (B,), (B, need), (B, need, 5)
+    done: dict[int, Prepared] = {}
+    try:
+        windows = feature_windows_many(ohlcv, bundle.schema, check=False)  # (B, T, F)
+    except DataError:  # a schema this mlsignal does not compute: said item by item
+        rows = {}
+    else:
+        finite = np.isfinite(windows).all(axis=(1, 2)).tolist()  # (B,)
+        for j, row in rows.items():
+            if not finite[row]:  # prepare_arrays names the feature and bar
+                continue
+            symbol, _, _, ss, bs, _ = items[j]
+            try:
+                p = _prepared(bundle, symbol, t_ns[row], ohlcv[row], ss, bs)
+            except DataError:  # a bad score: prepare_arrays words it
+                continue
+            p._window = windows[row]
+            done[j] = p
+    prepared = [done[j] if j in done else prepare_arrays(bundle, *it) for j, it in enumerate(items)]
+    return _regime_vols(bundle, prepared, done, rows, ohlcv)
+
+
+def _clean_tails(
+    items: Sequence[ArrayItem], need: int
+) -> tuple[dict[int, int], np.ndarray, np.ndarray]:
+    """The items :func:`prepare_arrays` takes without pandas (at least ``need`` bars that
+    :func:`~mlsignal.data.clean_arrays` passes), trimmed to their last ``need`` bars:
+    ``({item position: row}, t_ns (B, need) int64, ohlcv (B, need, 5) float64)``."""
+    by_len: dict[int, list[int]] = {}
+    for j, (_, t_ms, ohlcv, _, _, _) in enumerate(items):
+        n = len(t_ms)
+        if (
+            n >= need
+            and isinstance(t_ms, np.ndarray)
+            and isinstance(ohlcv, np.ndarray)
+            and t_ms.shape == (n,)
+            and ohlcv.shape == (n, 5)
+            and t_ms.dtype == np.int64
+            and ohlcv.dtype == np.float64
+        ):
+            by_len.setdefault(n, []).append(j)
+    order: list[int] = []
+    t_parts, x_parts = [], []
+    for js in by_len.values():
+        t_ms = np.stack([items[j][1] for j in js])  # (G, n)
+        ohlcv = np.stack([items[j][2] for j in js])  # (G, n, 5)
+        keep = clean_arrays_many(t_ms, ohlcv)  # (G,)
+        if not keep.all():
+            js = [j for j, k in zip(js, keep.tolist(), strict=True) if k]
+            t_ms, ohlcv = t_ms[keep], ohlcv[keep]
+        order += js
+        t_parts.append(t_ms[:, -need:])
+        x_parts.append(ohlcv[:, -need:])
+    if not order:
+        return {}, np.empty((0, need), np.int64), np.empty((0, need, 5))
+    t_ms = t_parts[0] if len(t_parts) == 1 else np.concatenate(t_parts)
+    ohlcv = x_parts[0] if len(x_parts) == 1 else np.concatenate(x_parts)
+    # as prepare_arrays: epoch ms -> ns; each row of ohlcv is a contiguous (need, 5) block
+    return {j: row for row, j in enumerate(order)}, t_ms * 1_000_000, ohlcv
+
+
+def _regime_vols(
+    bundle: Bundle,
+    prepared: list[Prepared],
+    done: dict[int, Prepared],
+    rows: dict[int, int],
+    ohlcv: np.ndarray,
+) -> list[Prepared]:
+    """:func:`with_regime_vols`, with the log returns of the ``done`` items (rows of
+    ``ohlcv``) computed in one pass."""
+    if len(prepared) <= SCALAR_GARCH_MAX or len({len(p.ohlcv) for p in prepared}) != 1:
+        return with_regime_vols(bundle, prepared)
+    returns = np.empty((len(prepared), len(prepared[0].ohlcv) - 1))  # (N, n - 1)
+    at = list(done)
+    if at:
+        idx = [rows[j] for j in at]
+        x = ohlcv if idx == list(range(len(ohlcv))) else ohlcv[idx]  # (K, n, 5)
+        returns[at] = np.diff(np.log(x[:, :, 3]), axis=1)  # closes with stride 5, as p.close
+    for j, p in enumerate(prepared):
+        if j not in done:
+            returns[j] = np.diff(np.log(p.close))
+    if returns.shape[1] == 0 or not np.isfinite(returns).all():
+        return prepared  # finish raises the error, symbol by symbol
+    for p, v in zip(prepared, garch_forecast_batch(bundle.garch, returns).tolist(), strict=True):
         p.regime_vol = float(v)
     return prepared

@@ -32,7 +32,7 @@ from mlsignal.errors import (
     ReloadBusyError,
     VersionPinError,
 )
-from mlsignal.pipeline import Prepared, finish, prepare_arrays, with_regime_vols
+from mlsignal.pipeline import Prepared, finish, prepare_many
 from mlsignal.server import v2
 from mlsignal.server.admission import RETRY_AFTER_S, AdmissionMiddleware, deadline_of, within
 from mlsignal.server.auth import AuthMiddleware
@@ -180,13 +180,12 @@ def decode_enhance(body: bytes, config: ServerConfig) -> wire.EnhanceCall:
 
 def prepare_items(state: ModelState, items: list[wire.EnhanceItem]) -> list[Prepared]:
     """Items -> prepared windows with their GARCH ``regime_vol`` (numpy, no pandas on clean
-    bars); the same numbers and errors as :func:`~mlsignal.pipeline.prepare`."""
-    bundle = state.bundle
-    prepared = [
-        prepare_arrays(bundle, i.symbol, i.arrays.t_ms, i.arrays.ohlcv, i.ss, i.bs, i.arrays.frame)
-        for i in items
-    ]
-    return with_regime_vols(bundle, prepared)
+    bars, computed across the items at once); the same numbers and errors as
+    :func:`~mlsignal.pipeline.prepare`."""
+    return prepare_many(
+        state.bundle,
+        [(i.symbol, i.arrays.t_ms, i.arrays.ohlcv, i.ss, i.bs, i.arrays.frame) for i in items],
+    )
 
 
 def decode_prepare(
