@@ -337,3 +337,44 @@ def test_hot_reload_then_sigterm_drain(tiny_bundle, server_factory, tmp_path, go
     assert load.codes[: n + 20].count("OK") == n + 20  # nothing failed before the drain
     out = server.output()
     assert "gRPC drained" in out and "drained: batcher empty" in out
+
+
+def test_sigterm_closes_the_grpc_port_while_http_drains(tiny_bundle, server_factory, sp500_bars):
+    # The HTTP drain test's load (tests/integration/test_server.py): slow enough to be in
+    # flight for a second; the gRPC port must not wait for it to close.
+    server = server_factory(
+        tiny_bundle, "--device", "cpu", "--backend", "torch", "--workers", "1",
+        "--grpc-port", str(free_port()),
+    ).start()  # fmt: skip
+    doc = {
+        "symbols": [
+            {"symbol": f"S{i}", "ss": 30.0, "bs": 60.0,
+             "bars": wire.encode_bars(sp500_bars.iloc[-300 - i : len(sp500_bars) - i])}
+            for i in range(400)
+        ]
+    }  # fmt: skip
+    body = wire.dumps(doc)
+    c = client_of(server)
+    assert c.is_server_live()
+
+    def call(_: int) -> int:
+        return httpx.post(f"{server.url}/v1/enhance", content=body, timeout=60.0).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(call, i) for i in range(2)]
+        time.sleep(0.6)
+        server.signal(signal.SIGTERM)
+        time.sleep(0.3)  # uvicorn notices the signal within 0.1 s
+        overlapped = not any(f.done() for f in futures)
+        try:
+            c.is_server_live(client_timeout=2.0)
+            code = "answered"
+        except InferenceServerException as e:
+            code = e.status().removeprefix("StatusCode.")
+        statuses = [f.result(timeout=60) for f in futures]
+    c.close()
+    assert statuses == [200, 200]  # HTTP requests in flight still finish
+    assert server.wait(timeout_s=30) == 0
+    if not overlapped:
+        pytest.skip("the HTTP requests finished within 0.9 s: nothing left to overlap")
+    assert code == "UNAVAILABLE"  # closed at SIGTERM, not after the HTTP drain
