@@ -146,3 +146,25 @@ def test_a_command_uses_mlsignal_bundle(command, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("MLSIGNAL_BUNDLE", str(tmp_path / "from-env"))
     assert main([command, *BUNDLE_COMMANDS[command]]) == 2
     assert f"no bundle at {tmp_path / 'from-env'}" in capsys.readouterr().err
+
+
+def test_serve_help_names_the_grpc_port(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--grpc-port PORT" in out and "GRPCInferenceService" in out
+    assert build_parser().parse_args(["serve"]).grpc_port is None  # off by default
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--grpc-port", "70000"], "--grpc-port must be in 0..65535"),
+        (["--grpc-port", "8001", "--engine", "ray"], "--grpc-port is not supported with --engine"),
+    ],
+)
+def test_serve_checks_the_grpc_port_before_loading(extra, message, capsys, tmp_path):
+    argv = ["serve", "--bundle", str(tmp_path / "none"), *extra]
+    assert main(argv) == 2  # the bundle does not exist: the flag is checked before loading
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

@@ -132,6 +132,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument(
+        "--grpc-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the KServe V2 gRPC API (inference.GRPCInferenceService, as "
+        "tritonclient.grpc calls it) on this port, same host, keys and TLS (default: off)",
+    )
+    p.add_argument(
         "--api-key-file",
         help="file with one API key per line (or set MLSIGNAL_API_KEYS, comma separated)",
     )

@@ -4,16 +4,20 @@ Refuses (exit 2, one line) to listen on a non-loopback address without API keys 
 ``--insecure``. SIGTERM/SIGINT drain: no new connections, requests in flight finish, the
 batcher empties, exit 0. SIGHUP reloads the bundle (see ``POST /v1/admin/reload``).
 With ``--workers N`` (N > 1) this process supervises N such servers on one socket
-(:mod:`mlsignal.cli.serve_workers`).
+(:mod:`mlsignal.cli.serve_workers`). ``--grpc-port`` adds the V2 gRPC service
+(:mod:`mlsignal.server.grpc_v2`) to each server process and its event loop: same model,
+batcher, keys and TLS; drained with HTTP (workers share the gRPC port with SO_REUSEPORT).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import socket
 import sys
+from typing import Any
 
 from mlsignal.cli.options import cli_settings, server_config
 from mlsignal.errors import ConfigError
@@ -27,6 +31,43 @@ GRACEFUL_S = 30.0
 def _check_tls(args: argparse.Namespace) -> None:
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+
+
+def _grpc_config(args: argparse.Namespace, shared: bool = False) -> Any:
+    """The gRPC service's ``GrpcConfig`` for ``--grpc-port`` (same host and TLS files), or
+    ``None`` without it; ``shared``: a worker of ``--workers N`` (the port is reused)."""
+    if getattr(args, "grpc_port", None) is None:
+        return None
+    try:
+        from mlsignal.server.grpc_v2 import GrpcConfig
+    except ImportError as e:
+        raise ConfigError(
+            f"--grpc-port needs grpcio and protobuf ({e.name} is missing): "
+            "pip install 'mlsignal[server]'"
+        ) from None
+    return GrpcConfig(
+        args.grpc_port, args.host, args.ssl_certfile, args.ssl_keyfile, grace_s=GRACEFUL_S,
+        reuse_port=shared,
+    )  # fmt: skip
+
+
+def _server(config: Any, app: Any, grpc: bool) -> Any:
+    """The ``uvicorn.Server``; with gRPC, its shutdown (SIGTERM) closes the gRPC port at the
+    same moment as the HTTP one, and both drain together (the lifespan then waits for both
+    before the batcher closes)."""
+    import uvicorn
+
+    if not grpc:
+        return uvicorn.Server(config)
+    from mlsignal.server.grpc_v2 import draining_grpc
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            grpc_drain = draining_grpc(app)
+            http_drain = super().shutdown(sockets)
+            await asyncio.gather(http_drain, *([grpc_drain] if grpc_drain else []))
+
+    return Server(config)
 
 
 def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: int = 0) -> int:
@@ -44,6 +85,7 @@ def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: i
     keys = load_keys(args.api_key_file)
     check_bind(args.host, keys, args.insecure)
     _check_tls(args)
+    grpc_config = _grpc_config(args, shared=sock is not None)  # checked before the model loads
     config = server_config(args, keys)
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
@@ -58,6 +100,10 @@ def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: i
     backend = args.backend or settings.backend
     state = load_model(args.bundle, device, backend, config.max_batch, settings=settings)
     app = create_app(config, state)
+    if grpc_config is not None:
+        from mlsignal.server.grpc_v2 import attach_grpc
+
+        attach_grpc(app, grpc_config)
     scheme = "https" if args.ssl_certfile else "http"
     log.info(
         "serving %s://%s:%d%s device=%s backend=%s model_version=%s contract_hash=%s "
@@ -81,7 +127,7 @@ def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: i
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_S,
     )
-    server = uvicorn.Server(uv_config)
+    server = _server(uv_config, app, grpc=grpc_config is not None)
     # uvicorn re-raises the captured SIGTERM/SIGINT after its graceful shutdown; with these
     # handlers in place that re-raise is a no-op and the drained server exits 0.
     drained = (signal.SIGTERM, signal.SIGINT)

@@ -156,6 +156,8 @@ def _wait_for_stop(stop: threading.Event, previous: dict[int, Any]) -> None:
 
 def serve_ray(args: argparse.Namespace) -> int:
     """Deploy, serve until SIGTERM/SIGINT, clean up; returns the exit code."""
+    if getattr(args, "grpc_port", None) is not None:
+        raise ConfigError("--grpc-port is not supported with --engine ray yet")
     try:
         import ray  # noqa: F401
         from ray import serve

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,7 @@ def create_app(
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc: Services = app.state.services
     svc.batcher.start()
+    grpc_v2 = _grpc_service(app)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task] = set()
 
@@ -98,14 +100,28 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
+        if grpc_v2 is not None:
+            await grpc_v2.start_grpc(app, svc)
         yield
     finally:
         svc.draining = True
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
+        if grpc_v2 is not None:  # its calls in flight finish while the batcher still runs
+            await grpc_v2.stop_grpc(app)
         await svc.batcher.close()
         svc.pool.shutdown(wait=True)
         log.info("drained: batcher empty, worker threads stopped")
+
+
+def _grpc_service(app: FastAPI) -> ModuleType | None:
+    """:mod:`~mlsignal.server.grpc_v2` when ``attach_grpc`` asked for the gRPC service (only
+    then is grpc imported), else ``None``."""
+    if getattr(app.state, "grpc", None) is None:
+        return None
+    from mlsignal.server import grpc_v2
+
+    return grpc_v2
 
 
 async def _reload_on_signal(svc: Services) -> None:

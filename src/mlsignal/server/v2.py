@@ -27,12 +27,23 @@ router = APIRouter(prefix="/v2")
 def _model(svc: Services, name: str, version: str | None) -> ModelState:
     """The served model if ``name``/``version`` name it, else a 404."""
     state = svc.holder.current
+    problem = unknown_model(state, name, version)
+    if problem is not None:
+        raise HTTPException(404, problem)
+    return state
+
+
+def unknown_model(state: ModelState, name: str, version: str | None) -> str | None:
+    """Why ``name``/``version`` do not name the served model (404, gRPC NOT_FOUND), or None.
+
+    ``version``: the contract hash or the model version string; ``None`` for any.
+    """
     if name != MODEL_NAME:
-        raise HTTPException(404, f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
+        return f"unknown model {name!r}; this server serves {MODEL_NAME!r}"
     versions = (state.bundle.contract_hash, state.bundle.model_version)
     if version is not None and version not in versions:
-        raise HTTPException(404, f"unknown version {version!r} of model {MODEL_NAME!r}")
-    return state
+        return f"unknown version {version!r} of model {MODEL_NAME!r}"
+    return None
 
 
 def _health(ok: bool) -> Response:
@@ -131,29 +142,17 @@ def decode_infer(
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise V2Error("inputs", f"must be a list with one tensor named {INPUT_NAME!r}")
     windows = _windows(inputs[0], shape, max_windows)
-    return req_id, windows, _wanted(doc.get("outputs"))
+    return req_id, windows, wanted_outputs(doc.get("outputs"))
 
 
 def _windows(tensor: Any, shape: tuple[int, int], max_windows: int) -> np.ndarray:
-    if not isinstance(tensor, Mapping) or tensor.get("name") != INPUT_NAME:
+    if not isinstance(tensor, Mapping):
         raise V2Error("inputs[0].name", f"must be {INPUT_NAME!r}")
-    if tensor.get("datatype") != DATATYPE:
-        raise V2Error("inputs[0].datatype", f"must be {DATATYPE!r}, got {tensor.get('datatype')!r}")
+    check_input_type(tensor.get("name"), tensor.get("datatype"))
     params = tensor.get("parameters") or {}
     if not isinstance(params, Mapping) or params.get("binary_data_size") is not None:
         raise V2Error("inputs[0].parameters", "binary tensor data is not supported; send JSON")
-    dims = tensor.get("shape")
-    if (
-        not isinstance(dims, list)
-        or len(dims) != 3
-        or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
-        or tuple(dims[1:]) != shape
-        or not 1 <= dims[0] <= max_windows
-    ):
-        raise V2Error(
-            "inputs[0].shape",
-            f"is {dims!r}; expected [B, {shape[0]}, {shape[1]}] with 1 <= B <= {max_windows}",
-        )
+    dims = check_input_shape(tensor.get("shape"), shape, max_windows)
     try:
         data = np.asarray(tensor.get("data"), dtype=np.float32)
     except (TypeError, ValueError):
@@ -165,7 +164,33 @@ def _windows(tensor: Any, shape: tuple[int, int], max_windows: int) -> np.ndarra
     return data.reshape(dims)
 
 
-def _wanted(outputs: Any) -> set[str]:
+def check_input_type(name: Any, datatype: Any) -> None:
+    """The one input's ``name`` and ``datatype`` (REST and gRPC), or a :class:`V2Error`."""
+    if name != INPUT_NAME:
+        raise V2Error("inputs[0].name", f"must be {INPUT_NAME!r}")
+    if datatype != DATATYPE:
+        raise V2Error("inputs[0].datatype", f"must be {DATATYPE!r}, got {datatype!r}")
+
+
+def check_input_shape(dims: Any, shape: tuple[int, int], max_windows: int) -> list[int]:
+    """The input's ``[B, T, F]`` against the model's ``(T, F)`` and ``1 <= B <= max_windows``
+    (REST and gRPC); ``dims`` as a list, or a :class:`V2Error` naming ``inputs[0].shape``."""
+    if (
+        not isinstance(dims, list)
+        or len(dims) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+        or tuple(dims[1:]) != shape
+        or not 1 <= dims[0] <= max_windows
+    ):
+        raise V2Error(
+            "inputs[0].shape",
+            f"is {dims!r}; expected [B, {shape[0]}, {shape[1]}] with 1 <= B <= {max_windows}",
+        )
+    return dims
+
+
+def wanted_outputs(outputs: Any) -> set[str]:
+    """The requested output names (``None``: all), or a :class:`V2Error` naming the entry."""
     if outputs is None:
         return set(OUTPUT_NAMES)
     if not isinstance(outputs, list) or not outputs:
