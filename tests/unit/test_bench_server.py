@@ -68,7 +68,8 @@ def test_bench_cli_server_litserve_and_plot(tiny_bundle, tmp_path, capsys):
     LitServe under load without errors, the same answers from both, and a PNG."""
     png = tmp_path / "bench.png"
     argv = ["bench", "--bundle", str(tiny_bundle), "--quick", "--batches", "1",
-            "--requests", "8", "--clients", "2", "--plot", str(png), "--json"]  # fmt: skip
+            "--requests", "8", "--clients", "2", "--plot", str(png), "--json",
+            "--no-paths"]  # fmt: skip
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -94,3 +95,21 @@ def test_plot_marks_where_the_gpu_starts_to_pay():
     gpu = [(1, 2.0, 0.0), (16, 6.0, 0.0), (256, 9.0, 0.0)]
     assert gpu_crossover({("onnx", "cpu"): cpu, ("torch", "cuda:0"): gpu}) == 256
     assert gpu_crossover({("onnx", "cpu"): cpu}) is None
+
+
+def test_bench_serving_paths_run_and_say_where_the_cores_go(tiny_bundle, capsys):
+    """The serving paths of `mlsignal bench` on this machine's CPU model: every path answers
+    without errors, with server and load CPU accounted (no timings asserted)."""
+    argv = ["bench", "--bundle", str(tiny_bundle), "--quick", "--batches", "1", "--no-server",
+            "--time-limit", "1", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    serving = doc["serving"]
+    assert serving is not None, doc["skipped"]
+    for name in ("single_window", "single_symbol_bars", "windows", "one_window", "bars"):
+        run = serving[name]
+        assert run["ok"] > 0 and run["errors"] == 0, (name, run)
+        assert run["server_cores"] > 0 and run["load_cores"] > 0, (name, run)
+    burst = serving["burst"]
+    assert burst["errors"] == 0 and burst["ok"] == burst["hosts"] * burst["bursts"]
+    assert burst["last_answer_p50_ms"] >= burst["request_p50_ms"] > 0

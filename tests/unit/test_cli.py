@@ -88,7 +88,7 @@ def test_doctor_shows_a_bad_device_setting(capsys, monkeypatch):
 def test_bench_smoke(tiny_bundle, capsys):
     """The bench command itself runs (numbers are not asserted: timing belongs in bench)."""
     argv = ["bench", "--bundle", str(tiny_bundle), "--quick", "--batches", "1,4", "--json"]
-    argv.append("--no-server")  # the server benchmarks: tests/unit/test_bench_server.py
+    argv += ["--no-server", "--no-paths"]  # the server benchmarks: test_bench_server.py
     assert main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["machine"]["python"] and doc["rows"]

@@ -70,3 +70,39 @@ def test_the_ray_forwarder_admits_as_the_batcher_does():
             await forwarder.submit(None, np.zeros((1, 2, 2), np.float32))
 
     asyncio.run(main())
+
+
+class CountingHandle(GatedHandle):
+    """Records each call's window count; answers each window with its own first value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    async def _answer(self, chunk: np.ndarray) -> tuple[str, np.ndarray]:
+        self.calls.append(len(chunk))
+        await self.gate.wait()
+        return H, np.repeat(chunk[:, :1, 0], 3, axis=1).astype(np.float32)
+
+
+def test_the_ray_forwarder_coalesces_windows_while_calls_are_out():
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from mlsignal.server.ray_engine import RayForwarder
+
+    async def main() -> None:
+        handle = CountingHandle()
+        forwarder = RayForwarder(handle, H, max_batch=8, max_queue=100, max_calls=1)
+        forwarder.start()
+        windows = [np.full((2, 2, 2), i, np.float32) for i in range(7)]
+        tasks = [asyncio.create_task(forwarder.submit(None, w)) for w in windows]
+        await asyncio.sleep(0.01)
+        assert handle.calls == [2]  # the first request went at once, alone
+        handle.gate.set()
+        outs = await asyncio.gather(*tasks)
+        # the other six (12 windows) waited for the call slot and went in two calls of <= 8
+        assert handle.calls == [2, 8, 4]
+        for i, out in enumerate(outs):  # every caller got its own rows back
+            assert out.shape == (2, 3) and (out == i).all()
+        await forwarder.close()
+
+    asyncio.run(main())

@@ -30,6 +30,7 @@ from mlsignal.bundle import Bundle
 from mlsignal.errors import MLSignalError
 
 if TYPE_CHECKING:
+    from mlsignal.bench.paths import PathsConfig
     from mlsignal.bench.server_bench import ServerBenchConfig
 
 FULL_BATCHES = (1, 16, 256, 1024, 4096)
@@ -40,7 +41,8 @@ QUICK_BATCHES = (1, 16, 256)
 class BenchConfig:
     """What to measure; ``budget_s`` is the timing budget per measurement.
 
-    ``server``: the server benchmarks' settings, ``None`` to skip them.
+    ``server``: the server benchmarks' settings, ``None`` to skip them; ``serving``: the
+    serving paths' (windows, bars, one window, burst; :mod:`mlsignal.bench.paths`).
     """
 
     batches: tuple[int, ...] = FULL_BATCHES
@@ -48,6 +50,7 @@ class BenchConfig:
     paths: tuple[tuple[str, str], ...] = ()
     onnx_default: bool = True
     server: ServerBenchConfig | None = None
+    serving: PathsConfig | None = None
 
 
 @dataclass
@@ -58,6 +61,7 @@ class BenchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     server: dict[str, Any] | None = None
+    serving: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -260,6 +264,13 @@ def run_bench(bundle: Bundle, cfg: BenchConfig) -> BenchResult:
             result.server = run_server_bench(bundle.path, bundle, cfg.server, result.skipped)
         except (MLSignalError, OSError) as e:
             result.skipped.append(f"server: {e}")
+    if cfg.serving is not None:
+        from mlsignal.bench.paths import measure_paths
+
+        try:
+            result.serving = measure_paths(bundle.path, bundle, cfg.serving)
+        except (MLSignalError, OSError) as e:
+            result.skipped.append(f"serving paths: {e}")
     return result
 
 
@@ -278,6 +289,10 @@ def format_table(result: BenchResult) -> str:
         from mlsignal.bench.server_bench import format_server
 
         lines += ["", format_server(result.server)]
+    if result.serving is not None:
+        from mlsignal.bench.paths import format_paths
+
+        lines += ["", format_paths(result.serving)]
     lines += [f"skipped: {s}" for s in result.skipped]
     return "\n".join(lines)
 

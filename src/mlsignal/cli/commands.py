@@ -11,6 +11,7 @@ from mlsignal.cli.options import cli_settings
 from mlsignal.errors import DataError
 
 if TYPE_CHECKING:
+    from mlsignal.bench.paths import PathsConfig
     from mlsignal.bench.server_bench import ServerBenchConfig
 
 
@@ -119,7 +120,11 @@ def bench(args: argparse.Namespace) -> int:
     if args.batches:
         batches = _positive_ints(args.batches, "--batches")
     server = _server_config(args) if args.server else None
-    cfg = BenchConfig(batches, 0.3 if args.quick else 1.0, tuple(available_paths()), server=server)
+    serving = _paths_config(args) if args.paths else None
+    cfg = BenchConfig(
+        batches, 0.3 if args.quick else 1.0, tuple(available_paths()), server=server,
+        serving=serving,
+    )  # fmt: skip
     result = run_bench(load_bundle(args.bundle), cfg)
     print(json.dumps(result.to_dict()) if args.json else format_table(result))
     if args.plot:
@@ -139,6 +144,22 @@ def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise DataError(f"{flag} must be positive integers, got {text!r}")
     return values
+
+
+def _paths_config(args: argparse.Namespace) -> PathsConfig:
+    """The serving paths' settings from ``--quick``, ``--serve-workers``, ``--time-limit``..."""
+    from dataclasses import replace
+
+    from mlsignal.bench.paths import QUICK_PATHS, PathsConfig
+
+    for flag in ("serve_workers", "load_processes"):
+        if getattr(args, flag) < 1:
+            raise DataError(f"--{flag.replace('_', '-')} must be at least 1")
+    cfg = QUICK_PATHS if args.quick else PathsConfig()
+    cfg = replace(cfg, workers=args.serve_workers, load_processes=args.load_processes)
+    if args.time_limit is not None and args.time_limit > 0:
+        cfg = replace(cfg, time_limit_s=args.time_limit)
+    return cfg
 
 
 def _server_config(args: argparse.Namespace) -> ServerBenchConfig:

@@ -239,6 +239,27 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="seconds at most per load run (default 60, quick 2.5)",
     )
+    p.add_argument(
+        "--paths",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the serving paths under their loads: V2 binary windows (64 per request, 16 "
+        "clients), one window per request (256 connections), bars (64 symbols per request), "
+        "a bar-close burst (16 hosts x 125 symbols), with server CPU and GPU busy %% "
+        "(default: on; --no-server skips the single-symbol server and LitServe runs only)",
+    )
+    p.add_argument(
+        "--serve-workers",
+        type=int,
+        default=1,
+        help="server processes (mlsignal serve --workers) for the serving paths (default: 1)",
+    )
+    p.add_argument(
+        "--load-processes",
+        type=int,
+        default=1,
+        help="load generator processes for the serving paths (default: 1)",
+    )
     p.add_argument("--plot", metavar="FILE.png", help="write latency and windows/s vs batch")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)

@@ -26,6 +26,7 @@ Only this module and :mod:`mlsignal.cli.serve_ray` import ray.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -175,23 +176,37 @@ class RayForwarder:
     The same :class:`~mlsignal.server.forwarder.Forwarder` and the same admission
     (:func:`~mlsignal.server.forwarder.admit`): at most ``max_queue`` windows in flight per
     ingress replica (503 beyond), deadlines (504), no new work while draining (503).
-    Batching itself happens in the model replicas.
+
+    Windows are coalesced before they cross to a model replica: a Ray call costs the
+    ingress about a millisecond of CPU whatever it carries, so while ``max_calls`` calls are
+    out, the windows of requests that arrive meanwhile wait and go together in the next
+    call (up to ``max_batch`` windows). A lone request never waits: with a call slot free it
+    goes at once. The replicas batch again across ingress replicas (``@serve.batch``).
     """
 
     def __init__(
-        self, handle: DeploymentHandle, contract_hash: str, max_batch: int, max_queue: int
+        self,
+        handle: DeploymentHandle,
+        contract_hash: str,
+        max_batch: int,
+        max_queue: int,
+        max_calls: int = 4,
     ) -> None:
         self._handle = handle
         self._hash = contract_hash
         self.max_batch = max_batch
         self.max_queue = max_queue
+        self.max_calls = max_calls
         self._in_flight = 0
+        self._calls = 0
+        self._pending: collections.deque[tuple[np.ndarray, asyncio.Future]] = collections.deque()
+        self._tasks: set[asyncio.Task] = set()
         self._idle: asyncio.Event | None = None
         self._closing = False
 
     @property
     def depth(self) -> int:
-        """Windows sent to model replicas and not answered yet."""
+        """Windows sent to model replicas, or waiting to be, and not answered yet."""
         return self._in_flight
 
     def start(self) -> None:
@@ -202,8 +217,9 @@ class RayForwarder:
     async def submit(
         self, runtime: Predictor, windows: np.ndarray, deadline: float | None = None
     ) -> np.ndarray:
-        """Forward ``windows`` ``(n, T, F)`` in chunks of ``max_batch``; returns ``(n, 3)``."""
-        n, now = len(windows), asyncio.get_running_loop().time()
+        """Forward ``windows`` ``(n, T, F)`` in calls of up to ``max_batch``; ``(n, 3)``."""
+        loop = asyncio.get_running_loop()
+        n, now = len(windows), loop.time()
         admit(
             n,
             self._in_flight,
@@ -214,15 +230,55 @@ class RayForwarder:
             state="in flight",
         )
         timeout = None if deadline is None else deadline - now
-        chunks = [windows[i : i + self.max_batch] for i in range(0, n, self.max_batch)]
+        futures = []
+        for i in range(0, n, self.max_batch):
+            future = loop.create_future()
+            self._pending.append((windows[i : i + self.max_batch], future))
+            futures.append(future)
         self._enter(n)
+        self._pump()
         try:
-            outs = await asyncio.wait_for(asyncio.gather(*map(self._one, chunks)), timeout)
+            outs = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except TimeoutError:
             raise DeadlineError("the replicas answered") from None
         finally:
             self._leave(n)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def _pump(self) -> None:
+        """Start calls for the pending windows while call slots are free."""
+        while self._pending and self._calls < self.max_calls:
+            batch, total = [], 0
+            while self._pending and total + len(self._pending[0][0]) <= self.max_batch:
+                chunk, future = self._pending.popleft()
+                if not future.done():  # its caller is gone (deadline): skip it
+                    batch.append((chunk, future))
+                    total += len(chunk)
+            if not batch:
+                continue
+            self._calls += 1
+            task = asyncio.get_running_loop().create_task(self._call(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        """One call for the batch's windows; each caller gets its rows (or the error)."""
+        try:
+            windows = batch[0][0] if len(batch) == 1 else np.concatenate([w for w, _ in batch])
+            out = await self._one(windows)
+        except Exception as e:  # every caller of this call gets it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+        else:
+            start = 0
+            for chunk, future in batch:
+                if not future.done():
+                    future.set_result(out[start : start + len(chunk)])
+                start += len(chunk)
+        finally:
+            self._calls -= 1
+            self._pump()
 
     async def _one(self, chunk: np.ndarray) -> np.ndarray:
         try:
