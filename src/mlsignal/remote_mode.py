@@ -7,12 +7,14 @@ V2 server is not computed again by the fallback). Any
 :class:`~mlsignal.errors.RemoteError` becomes ``(None, reason, attempts)`` and the enhancer
 runs the same symbols locally.
 
-- ``/v1/enhance`` (``mlsignal serve``): the bars go as they are; the server prepares,
+- V2 (the default, ``GPU_INFERENCE_PROTOCOL=auto`` or ``v2``; ``mlsignal serve``, Triton,
+  KServe): the feature windows go, as binary tensors where the server lists the extension
+  (``ml_info["protocol"]`` ``v2-binary``) or as JSON tensors (``v2``); only the model
+  forward runs there, and :func:`~mlsignal.pipeline.finish` runs here: the numbers of a
+  local run given the server's outputs, which travel exactly.
+- ``/v1/enhance`` (``GPU_INFERENCE_PROTOCOL=mlsignal``, or ``auto`` and a server that speaks
+  only v1): the bars go as they are (their body is made only then); the server prepares,
   forwards and finishes; :func:`~mlsignal.pipeline.from_server` reads its answer.
-- V2 (``GPU_INFERENCE_PROTOCOL=v2``, or ``auto`` and a server that speaks only V2: Triton,
-  KServe): the feature windows go, only the model forward runs there, and
-  :func:`~mlsignal.pipeline.finish` runs here: the numbers of a local run given the
-  server's outputs.
 """
 
 from __future__ import annotations
@@ -75,15 +77,17 @@ class RemoteMode:
         self, prepared: Sequence[Prepared], t0: float
     ) -> tuple[list[SignalResult] | None, str | None, int]:
         """Remote results, or ``(None, reason, attempts)`` when the caller must fall back."""
-        body = None
-        if self.client.protocol != "v2":
-            items = [
-                (p.symbol, wire.BarArrays.from_ns(p.t_ns, p.ohlcv), p.ss, p.bs) for p in prepared
-            ]
-            body = wire.encode_enhance(items)
+        from mlsignal.client.v2 import V2_PROTOCOLS
+
+        def body() -> dict[str, Any]:  # made only for an endpoint that speaks only v1
+            arrays = [wire.BarArrays.from_ns(p.t_ns, p.ohlcv) for p in prepared]
+            return wire.encode_enhance(
+                [(p.symbol, a, p.ss, p.bs) for p, a in zip(prepared, arrays, strict=True)]
+            )
+
         try:
             reply = self.client.enhance(body, lambda: np.stack([p.window for p in prepared]))
-            if reply.protocol == "v2":
+            if reply.protocol in V2_PROTOCOLS:
                 results = self._finish(prepared, reply, t0)
             else:
                 results = self._results(reply, len(prepared), t0)
@@ -135,7 +139,7 @@ class RemoteMode:
         latency_ms = (time.perf_counter() - t0) * 1e3
         extra: dict[str, Any] = {
             "server_latency_ms": None,
-            "protocol": "v2",
+            "protocol": reply.protocol,
             "v2_model": doc["model_name"],
             "v2_version": doc["model_version"],
             "v2_version_check": doc["matched"],

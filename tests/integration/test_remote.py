@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bundle_helpers import other_model
+from mlsignal.bundle import load_bundle
 from mlsignal.client import BreakerConfig, RemoteClient
+from mlsignal.config import Settings
 from mlsignal.enhancer import MLSignalEnhancer, SignalRequest
 from mlsignal.errors import RemoteError
 from server_process import free_port
@@ -22,14 +24,24 @@ from server_process import free_port
 pytestmark = pytest.mark.slow
 
 
-def _remote(bundle: Path, *urls: str, **kw) -> MLSignalEnhancer:
+def _remote(bundle: Path, *urls: str, protocol: str = "auto", **kw) -> MLSignalEnhancer:
     kw.setdefault("timeout_s", 2.0)
-    return MLSignalEnhancer(bundle, remote_urls=list(urls), **kw)
+    settings = Settings(protocol=protocol)
+    return MLSignalEnhancer(bundle, remote_urls=list(urls), settings=settings, **kw)
 
 
-def test_remote_equals_local_bit_for_bit(tiny_bundle, server_factory, local, bars_stream):
+@pytest.mark.parametrize(
+    ("protocol", "spoken"),
+    [("auto", "v2-binary"), ("mlsignal", "mlsignal")],
+    ids=["default-binary-v2", "bars-to-v1"],
+)
+def test_remote_equals_local_bit_for_bit(
+    tiny_bundle, server_factory, local, bars_stream, protocol, spoken
+):
+    """The default (``auto``): the host computes the windows and sends them in binary to
+    `mlsignal serve`'s V2 route; ``mlsignal``: the bars go to /v1/enhance. Same numbers."""
     server = server_factory(tiny_bundle, "--device", "cpu").start()
-    remote = _remote(tiny_bundle, server.url)
+    remote = _remote(tiny_bundle, server.url, protocol=protocol)
     for bars in bars_stream[:10]:
         r = remote.enhance_signal(bars, 35.0, 55.0)
         m = local.enhance_signal(bars, 35.0, 55.0)
@@ -39,6 +51,10 @@ def test_remote_equals_local_bit_for_bit(tiny_bundle, server_factory, local, bar
         assert r[2]["source"] == "remote" and r[2]["endpoint"] == server.url
         assert r[2]["attempts"] == 1 and r[2]["fallback_reason"] is None
         assert r[2]["model_version"] == m[2]["model_version"]
+        assert r[2]["protocol"] == spoken
+    assert remote.remote.client.endpoint_protocols() == {
+        server.url: "unknown" if protocol == "mlsignal" else spoken  # mlsignal asks nothing
+    }
     batch = remote.enhance_batch(
         [
             SignalRequest("A", bars_stream[0], None, None),
@@ -154,10 +170,17 @@ def test_a_different_model_version_is_not_used_silently(
     assert (ess, ebs) == local.enhance_signal(bars_stream[0], 30, 60)[:2]
     accepting = _remote(tiny_bundle, server.url, accept_version_mismatch=True)
     _, _, info = accepting.enhance_signal(bars_stream[0], 30, 60)
+    assert info["source"] == "remote" and info["protocol"] == "v2-binary"
+    assert info["v2_version_check"] == "accepted"  # the unversioned infer URL was used
+    h_other = load_bundle(other).contract_hash
+    assert info["v2_version"] == h_other and h_other[:12] in info["version_mismatch"]
+    by_v1 = _remote(tiny_bundle, server.url, protocol="mlsignal", accept_version_mismatch=True)
+    _, _, info = by_v1.enhance_signal(bars_stream[0], 30, 60)
     assert info["source"] == "remote" and "version_mismatch" in info
     assert info["model_version"].startswith("other-")
     pinned.close()
     accepting.close()
+    by_v1.close()
 
 
 def test_overload_gets_fast_503s_and_every_call_still_returns(

@@ -1,10 +1,11 @@
 """The V2 client mode end to end: MLSignalEnhancer -> real V2 servers on loopback.
 
-Two real servers: `mlsignal serve`'s own /v2 routes (a process), and a small Triton-like
-server in this file: a stdlib HTTP server that runs the bundle's `model.onnx` with ONNX
-Runtime under the layout `mlsignal export-triton` writes (model version
+Two real servers: `mlsignal serve`'s own /v2 routes (a process, binary tensors), and a small
+Triton-like server in this file: a stdlib HTTP server that runs the bundle's `model.onnx`
+with ONNX Runtime under the layout `mlsignal export-triton` writes (model version
 int(contract_hash[:15], 16), the full hash in the config's parameters, outputs [B, 1], no
-/v1 routes, 400 for an unknown version, as Triton answers).
+/v1 routes, 400 for an unknown version, as Triton answers), speaking JSON tensors or, with
+``binary=True``, the binary tensor extension (its own reading of the spec, not our codec).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from mlsignal.signature import OUTPUT_NAMES, triton_version
 
 pytestmark = pytest.mark.slow
 
+HEADER = "Inference-Header-Content-Length"
+JSON = "application/json"
+
 KEYS = ("bull_prob", "p_lstm", "p_tft", "regime_vol", "regime", "kelly", "kelly_side", "bar_ts")
 
 
@@ -46,13 +50,15 @@ class TritonLike:
         name: str = "mlsignal",
         input_shape: list[int] | None = None,
         output_names: tuple[str, ...] = OUTPUT_NAMES,
+        binary: bool = False,
     ) -> None:
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         shape = self.session.get_inputs()[0].shape
-        self.name, self.versions = name, versions
+        self.name, self.versions, self.binary = name, versions, binary
         self.input_shape = input_shape or [-1, int(shape[1]), int(shape[2])]
         self.output_names = output_names
         self.paths: list[str] = []
+        self.asked: list[Any] = []  # the outputs list of each infer request
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,15 +69,18 @@ class TritonLike:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 server.paths.append(f"POST {self.path}")
-                self._send(*server.post(self.path, body))
+                length = self.headers.get(HEADER)
+                self._send(*server.post(self.path, body, None if length is None else int(length)))
 
-            def _send(self, status: int, doc: dict[str, Any]) -> None:
+            def _send(self, status: int, doc: dict[str, Any], tail: bytes = b"") -> None:
                 raw = orjson.dumps(doc)
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
+                self.send_header("Content-Type", "application/octet-stream" if tail else JSON)
+                if tail:
+                    self.send_header(HEADER, str(len(raw)))
+                self.send_header("Content-Length", str(len(raw) + len(tail)))
                 self.end_headers()
-                self.wfile.write(raw)
+                self.wfile.write(raw + tail)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -98,7 +107,8 @@ class TritonLike:
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         base = f"/v2/models/{self.name}"
         if path == "/v2":
-            return 200, {"name": "triton", "version": "2.x", "extensions": ["model_configuration"]}
+            extensions = ["model_configuration", *(["binary_tensor_data"] if self.binary else [])]
+            return 200, {"name": "triton", "version": "2.x", "extensions": extensions}
         if path == base:
             return 200, self.metadata()
         if path == f"{base}/config":
@@ -106,7 +116,7 @@ class TritonLike:
             return 200, {"name": self.name, "max_batch_size": 256, "parameters": params}
         return 404, {"error": "Not Found"}
 
-    def post(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    def post(self, path: str, body: bytes, length: int | None) -> tuple:
         base = f"/v2/models/{self.name}"
         if path == f"{base}/infer":
             version = max(self.versions)
@@ -118,16 +128,26 @@ class TritonLike:
             return 400, {
                 "error": f"Request for unknown model: '{self.name}' version {version} is not found"
             }
-        doc = orjson.loads(body)
+        doc = orjson.loads(body if length is None else body[:length])
         (tensor,) = doc["inputs"]
-        windows = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        if length is None:
+            windows = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+        else:  # little-endian float32 bytes after the JSON header
+            assert tensor["parameters"]["binary_data_size"] == len(body) - length
+            windows = np.frombuffer(body[length:], "<f4").reshape(tensor["shape"])
+        self.asked.append(doc.get("outputs"))
         outs = self.session.run(list(OUTPUT_NAMES), {"windows": windows})
         n = len(windows)
         outputs = [
             {"name": name, "datatype": "FP32", "shape": [n, 1], "data": [float(x) for x in out]}
             for name, out in zip(OUTPUT_NAMES, outs, strict=True)
         ]
-        return 200, {"model_name": self.name, "model_version": version, "outputs": outputs}
+        answer = {"model_name": self.name, "model_version": version, "outputs": outputs}
+        if length is None:
+            return 200, answer
+        for o in outputs:  # all asked in binary (the client asks binary_data: true)
+            o["parameters"] = {"binary_data_size": 4 * len(o.pop("data"))}
+        return 200, answer, b"".join(np.asarray(o, "<f4").tobytes() for o in outs)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +189,7 @@ def test_v2_against_mlsignal_serve_equals_local(tiny_bundle, server_factory, loc
         for key in KEYS:
             assert r[2][key] == m[2][key], key
         info = r[2]
-        assert info["source"] == "remote" and info["protocol"] == "v2"
+        assert info["source"] == "remote" and info["protocol"] == "v2-binary"
         assert info["endpoint"] == server.url and info["attempts"] == 1
         assert info["fallback_reason"] is None and info["v2_version"] == h
         assert info["v2_version_check"] == "contract_hash"
@@ -185,21 +205,23 @@ def test_v2_against_mlsignal_serve_equals_local(tiny_bundle, server_factory, loc
     want = local.enhance_batch([SignalRequest("B", bars_stream[-1], 10, 90)])[0]
     assert (batch[1].enhanced_ss, batch[1].enhanced_bs) == (want.enhanced_ss, want.enhanced_bs)
     assert batch[1].ml_info["bull_prob"] == want.ml_info["bull_prob"]
-    assert remote.remote.client.endpoint_protocols() == {server.url: "v2"}
+    assert remote.remote.client.endpoint_protocols() == {server.url: "v2-binary"}
     remote.close()
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_triton_layout_pins_the_derived_version_and_equals_local(
-    tiny_bundle, triton, local_onnx, bars_stream
+    tiny_bundle, triton, local_onnx, bars_stream, binary
 ):
-    server = triton()
+    server = triton(binary=binary)
     h = load_bundle(tiny_bundle).contract_hash
     remote = _remote(tiny_bundle, server.url)
     for bars in bars_stream[:5]:
         r = remote.enhance_signal(bars, 20.0, 70.0)
         m = local_onnx.enhance_signal(bars, 20.0, 70.0)
         info = r[2]
-        assert info["source"] == "remote" and info["protocol"] == "v2", info
+        assert info["source"] == "remote", info
+        assert info["protocol"] == ("v2-binary" if binary else "v2")
         assert info["backend"] == "onnxruntime_onnx"
         assert info["v2_version"] == str(triton_version(h))
         assert info["v2_version_check"] == "triton_config"  # the config's full hash matched
@@ -209,29 +231,37 @@ def test_triton_layout_pins_the_derived_version_and_equals_local(
             assert info[key] == m[2][key], key
         assert abs(r[0] - m[0]) <= 1e-4 and abs(r[1] - m[1]) <= 1e-4
     infer = f"POST /v2/models/mlsignal/versions/{triton_version(h)}/infer"
-    assert server.paths[:2] == ["GET /v2/models/mlsignal", "GET /v2/models/mlsignal/config"]
-    assert server.paths[2:] == [infer] * 5  # metadata read once, then only inference
+    assert server.paths[:3] == [
+        "GET /v2",  # the server metadata: does it list binary_tensor_data?
+        "GET /v2/models/mlsignal",
+        "GET /v2/models/mlsignal/config",
+    ]
+    assert server.paths[3:] == [infer] * 5  # metadata read once, then only inference
+    want = {"binary_data": True} if binary else None
+    assert [o.get("parameters") for o in server.asked[0]] == [want] * 3
     remote.close()
 
 
-def test_auto_detects_mlsignal_and_v2_and_fails_over_between_them(
-    tiny_bundle, server_factory, triton, bars_stream
+def test_auto_speaks_binary_to_ours_json_to_triton_and_fails_over_between_them(
+    tiny_bundle, server_factory, triton, bars_stream, local
 ):
     ours = server_factory(tiny_bundle, "--device", "cpu").start()
     tri = triton()
     remote = _remote(tiny_bundle, ours.url, tri.url, protocol="auto")
-    info = remote.enhance_signal(bars_stream[0], 1, 1)[2]
-    assert info["source"] == "remote" and info["protocol"] == "mlsignal"
-    assert info["endpoint"] == ours.url
+    r = remote.enhance_signal(bars_stream[0], 1, 1)
+    info = r[2]
+    assert info["source"] == "remote" and info["protocol"] == "v2-binary"
+    assert info["endpoint"] == ours.url and info["v2_version_check"] == "contract_hash"
+    assert r[:2] == local.enhance_signal(bars_stream[0], 1, 1)[:2]
     client = remote.remote.client
-    assert client.endpoint_protocols() == {ours.url: "mlsignal", tri.url: "unknown"}
+    assert client.endpoint_protocols() == {ours.url: "v2-binary", tri.url: "unknown"}
     ours.kill()
     infos = [remote.enhance_signal(bars, 1, 1)[2] for bars in bars_stream[:6]]
     assert {i["source"] for i in infos} == {"remote"}
     assert {i["protocol"] for i in infos} == {"v2"} and {i["endpoint"] for i in infos} == {tri.url}
     assert infos[0]["attempts"] == 2  # ours refused, the V2 server answered
     assert client.endpoint_protocols()[tri.url] == "v2"
-    assert tri.paths[:2] == ["GET /v1/models", "GET /v2/models/mlsignal"]  # detection
+    assert tri.paths[:2] == ["GET /v2", "GET /v2/models/mlsignal"]  # detection
     remote.close()
     only_v2 = _remote(tiny_bundle, tri.url, protocol="auto")
     assert only_v2.enhance_signal(bars_stream[1], 1, 1)[2]["protocol"] == "v2"

@@ -44,7 +44,7 @@ class Script:
         return orjson.loads(raw)
 
 
-def route(script: Script, want: Wanted, v1: Send | None = V1, calls: list | None = None):
+def route(script: Script, want: Wanted, v1: object = V1, calls: list | None = None):
     windows = np.zeros((2, 4, 3), np.float32)
 
     def make() -> np.ndarray:
@@ -64,21 +64,53 @@ def test_an_mlsignal_server_gets_the_bars_and_is_remembered():
     router, r = route(script, WANT)
     assert router.protocols((URL,)) == {URL: "unknown"}
     assert r(URL, Deadline(1.0)) is V1 and r(URL, Deadline(1.0)) is V1
-    assert script.asked == ["/v1/models"] and router.protocols((URL,)) == {URL: "mlsignal"}
+    assert script.asked == ["/v2", "/v1/models"]  # no V2 server metadata: a v1-only server
+    assert router.protocols((URL,)) == {URL: "mlsignal"}
     router.forget(URL)
     assert router.protocols((URL,)) == {URL: "unknown"}
 
 
-def test_a_v2_server_gets_the_windows_encoded_once_at_its_pinned_version():
-    script = Script({"/v2/models/mlsignal": (200, metadata([H]))})
+@pytest.mark.parametrize(
+    ("server", "asked", "protocol"),
+    [
+        ({"extensions": ["binary_tensor_data"]}, ["/v2", "/v2/models/mlsignal"], "v2-binary"),
+        ({"extensions": []}, ["/v2", "/v2/models/mlsignal"], "v2"),
+        (None, ["/v2", "/v1/models", "/v2/models/mlsignal"], "v2"),
+    ],
+    ids=["binary", "json", "no-server-metadata"],
+)
+def test_a_v2_server_gets_the_windows_encoded_once_at_its_pinned_version(server, asked, protocol):
+    answers = {"/v2/models/mlsignal": (200, metadata([H]))}
+    if server is not None:
+        answers["/v2"] = (200, server)
+    script = Script(answers)
     calls: list = []
-    router, r = route(script, WANT, calls=calls)
+    bars: list = []
+    router, r = route(script, WANT, v1=lambda: bars.append(1) or V1, calls=calls)
     first, second = r(URL, Deadline(1.0)), r(URL, Deadline(1.0))
-    assert first == second and len(calls) == 1
+    assert first == second and len(calls) == 1 and not bars  # the bars' body is never made
     assert first.path == f"/v2/models/mlsignal/versions/{H}/infer" and first.n == 2
     assert first.target is not None and first.target.matched == "contract_hash"
-    assert script.asked == ["/v1/models", "/v2/models/mlsignal"]
-    assert router.protocols((URL,)) == {URL: "v2"}
+    assert first.infer is not None and first.infer.binary is (protocol == "v2-binary")
+    assert first.body is None  # each attempt makes its body (its own timeout)
+    assert script.asked == asked
+    assert router.protocols((URL,)) == {URL: protocol}
+
+
+def test_fail_over_from_a_binary_to_a_json_server_computes_the_windows_once():
+    binary = Script({"/v2": (200, {"extensions": ["binary_tensor_data"]}),
+                     "/v2/models/mlsignal": (200, metadata([H]))})  # fmt: skip
+    plain = Script({"/v2": (200, {"extensions": []}), "/v2/models/mlsignal": (200, metadata([H]))})
+    calls: list = []
+    router = Router(lambda u, p, d: (binary if u == URL else plain).get(u, p, d), Script.judge)
+    r = router.route(WANT, None, lambda: calls.append(1) or np.zeros((2, 4, 3), np.float32))
+    a, b = r(URL, Deadline(1.0)), r("http://other:8000", Deadline(1.0))
+    assert a.infer is not None and a.infer.binary and b.infer is not None and not b.infer.binary
+    assert len(calls) == 1
+    assert router.protocols((URL, "http://other:8000")) == {
+        URL: "v2-binary",
+        "http://other:8000": "v2",
+    }
 
 
 def test_a_triton_version_is_checked_against_the_full_hash_in_the_config():

@@ -1,7 +1,7 @@
-"""The V2 (Open Inference Protocol) pieces of the client: bodies, metadata checks, routing.
+"""The V2 (Open Inference Protocol) pieces of the client: metadata checks and routing.
 
-Bodies are checked against the server's own V2 decoder; the routing against scripted
-endpoints (httpx.MockTransport), as in test_client_remote.py.
+The routing runs against scripted endpoints (httpx.MockTransport), as in
+test_client_remote.py; the bodies they exchange are mlsignal.wire.v2's (test_wire_v2.py).
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ import pytest
 
 from mlsignal.client import RemoteClient, v2
 from mlsignal.config import Settings
-from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
-from mlsignal.server.v2 import decode_infer as server_decode
+from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError
+from mlsignal.pipeline.finish import PROTOCOLS
 from mlsignal.signature import triton_version
+from mlsignal.wire import v2 as v2wire
 
 H = "4f" * 32
 OTHER = "9a" * 32
 TV = str(int(H[:15], 16))
 URL = "http://v2.test:8000"
+JSON = "application/json"
 
 
 def metadata(
@@ -48,61 +50,6 @@ def answer(out: np.ndarray, shape_of: callable = lambda n: [n, 1], version: str 
             for k, n in enumerate(v2.OUTPUT_NAMES)
         ],
     }
-
-
-# --- bodies --------------------------------------------------------------------------------
-def test_encode_infer_is_what_the_server_decodes_bit_for_bit():
-    rng = np.random.default_rng(0)
-    windows = rng.standard_normal((3, 4, 5)).astype(np.float32)
-    body = v2.encode_infer(windows, request_id="7")
-    doc = orjson.loads(body)
-    (tensor,) = doc["inputs"]
-    assert tensor["name"] == "windows" and tensor["datatype"] == "FP32"
-    assert tensor["shape"] == [3, 4, 5] and len(tensor["data"]) == 60  # flat, row-major
-    assert [o["name"] for o in doc["outputs"]] == ["p_lstm", "p_tft", "bull_prob"]
-    req_id, decoded, wanted = server_decode(body, (4, 5), 16)
-    assert req_id == "7" and wanted == set(v2.OUTPUT_NAMES)
-    assert decoded.dtype == np.float32 and np.array_equal(decoded, windows)
-
-
-def test_encode_infer_refuses_bad_windows():
-    with pytest.raises(ValueError, match="shape"):
-        v2.encode_infer(np.zeros((4, 5), np.float32))
-    with pytest.raises(ValueError, match="finite"):
-        v2.encode_infer(np.full((1, 2, 2), np.nan, np.float32))
-
-
-@pytest.mark.parametrize("shape_of", [lambda n: [n], lambda n: [n, 1]])
-def test_decode_infer_takes_b_and_b1_outputs_exactly(shape_of):
-    out = np.random.default_rng(1).random((4, 3)).astype(np.float32)
-    doc = orjson.loads(orjson.dumps(answer(out, shape_of), option=orjson.OPT_SERIALIZE_NUMPY))
-    got = v2.decode_infer(doc, 4)
-    assert got.dtype == np.float32 and np.array_equal(got, out)
-    # float32 values printed as float32 (ours) or as their float64 (Triton) both come back exact
-    tensors = answer(out)["outputs"]
-    as32 = [dict(o, data=np.ascontiguousarray(out[:, k])) for k, o in enumerate(tensors)]
-    doc32 = orjson.loads(orjson.dumps({"outputs": as32}, option=orjson.OPT_SERIALIZE_NUMPY))
-    assert np.array_equal(v2.decode_infer(doc32, 4), out)
-
-
-@pytest.mark.parametrize(
-    ("edit", "field"),
-    [
-        (lambda d: d["outputs"].pop(1), "outputs"),
-        (lambda d: d["outputs"][0].update(shape=[2, 2]), "outputs.p_lstm.shape"),
-        (lambda d: d["outputs"][2].update(data=[0.1]), "outputs.bull_prob.data"),
-        (lambda d: d["outputs"][2].update(data=["a", "b"]), "outputs.bull_prob.data"),
-        (lambda d: d["outputs"][1].update(data=[float("nan"), 0.2]), "outputs.p_tft.data"),
-        (lambda d: d["outputs"][1].update(datatype="BYTES"), "outputs.p_tft.datatype"),
-        (lambda d: d.pop("outputs"), "outputs"),
-    ],
-)
-def test_decode_infer_names_what_is_wrong(edit, field):
-    doc = answer(np.full((2, 3), 0.5, np.float32))
-    edit(doc)
-    with pytest.raises(WireError) as e:
-        v2.decode_infer(doc, 2)
-    assert e.value.field == field
 
 
 # --- metadata --------------------------------------------------------------------------------
@@ -164,23 +111,48 @@ def test_settings_read_protocol_and_model_name():
 
 # --- routing against scripted endpoints --------------------------------------------------
 class V2Script:
-    """A scripted V2-only endpoint (Triton-like): records every request."""
+    """A scripted V2-only endpoint (Triton-like): records every request. ``extensions`` is
+    what ``GET /v2`` lists (``None``: no server metadata, a 404); binary requests are
+    answered in binary (outputs ``[n, 1]``), JSON ones in JSON."""
 
-    def __init__(self, meta: dict, config: dict | None, out: np.ndarray) -> None:
-        self.meta, self.config, self.out = meta, config, out
+    def __init__(
+        self,
+        meta: dict,
+        config: dict | None,
+        out: np.ndarray,
+        extensions: list[str] | None = None,
+    ) -> None:
+        self.meta, self.config, self.out, self.extensions = meta, config, out, extensions
         self.seen: list[str] = []
+        self.requests: list[httpx.Request] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         self.seen.append(f"{request.method} {path}")
+        self.requests.append(request)
+        if request.method == "GET" and path == "/v2" and self.extensions is not None:
+            return httpx.Response(200, json={"name": "triton", "extensions": self.extensions})
         if request.method == "GET" and path == "/v2/models/mlsignal":
             return httpx.Response(200, json=self.meta)
         if request.method == "GET" and path == "/v2/models/mlsignal/config" and self.config:
             return httpx.Response(200, json=self.config)
         if request.method == "POST" and path.endswith("/infer"):
-            n = orjson.loads(request.content)["inputs"][0]["shape"][0]
-            return httpx.Response(200, json=answer(self.out[:n]))
+            return self.infer(request)
         return httpx.Response(404, json={"error": "Not Found"})
+
+    def infer(self, request: httpx.Request) -> httpx.Response:
+        length = request.headers.get(v2wire.HEADER_LENGTH)
+        call = v2wire.decode_request(request.content, length, (4, 3), 64)
+        n = len(call.windows)
+        if length is None:
+            return httpx.Response(200, json=answer(self.out[:n]))
+        tensors = answer(self.out[:n])["outputs"]
+        raw = [np.asarray(t.pop("data"), np.float32).tobytes() for t in tensors]
+        for t, r in zip(tensors, raw, strict=True):
+            t["parameters"] = {"binary_data_size": len(r)}
+        head = orjson.dumps({"model_name": "mlsignal", "model_version": TV, "outputs": tensors})
+        headers = {v2wire.HEADER_LENGTH: str(len(head))}
+        return httpx.Response(200, content=head + b"".join(raw), headers=headers)
 
 
 def _client(script: V2Script, protocol: str = "auto", **kw) -> RemoteClient:
@@ -188,27 +160,64 @@ def _client(script: V2Script, protocol: str = "auto", **kw) -> RemoteClient:
     return RemoteClient([URL], protocol=protocol, transport=httpx.MockTransport(script), **kw)
 
 
-def test_auto_detects_v2_once_checks_the_config_hash_and_pins_the_version():
+@pytest.mark.parametrize(
+    ("extensions", "protocol"),
+    [(["binary_tensor_data", "model_configuration"], "v2-binary"), ([], "v2"), (None, "v2")],
+    ids=["binary", "json", "no-server-metadata"],
+)
+def test_auto_detects_v2_once_checks_the_config_hash_and_pins_the_version(extensions, protocol):
     out = np.random.default_rng(2).random((2, 3)).astype(np.float32)
     config = {"parameters": {f"contract_hash_{TV}": {"string_value": H}}}
-    script = V2Script(metadata(), config, out)
+    script = V2Script(metadata(), config, out, extensions)
     client = _client(script)
     windows = np.zeros((2, 4, 3), np.float32)
     made = []
-    reply = client.enhance({"symbols": []}, lambda: made.append(1) or windows)
-    assert reply.protocol == "v2" and np.array_equal(reply.doc["outputs"], out)
+    reply = client.enhance(lambda: pytest.fail("no bars for V2"), lambda: made.append(1) or windows)
+    assert reply.protocol == protocol and np.array_equal(reply.doc["outputs"], out)
     assert reply.doc["matched"] == "triton_config" and reply.attempts == 1
     again = client.enhance({"symbols": []}, lambda: windows)
     assert np.array_equal(again.doc["outputs"], out) and made == [1]
     infer = f"POST /v2/models/mlsignal/versions/{TV}/infer"
+    probes = ["GET /v1/models"] if extensions is None else []  # a 404 at /v2: ask v1 too
     assert script.seen == [
-        "GET /v1/models",
+        "GET /v2",
+        *probes,
         "GET /v2/models/mlsignal",
         "GET /v2/models/mlsignal/config",
         infer,
         infer,
     ]
-    assert client.endpoint_protocols() == {URL: "v2"}
+    assert client.endpoint_protocols() == {URL: protocol} and protocol in PROTOCOLS
+    sent = script.requests[-1]
+    binary = protocol == "v2-binary"
+    assert (v2wire.HEADER_LENGTH.lower() in sent.headers) is binary
+    assert sent.headers["content-type"] == ("application/octet-stream" if binary else JSON)
+    assert sent.headers["accept-encoding"] == "identity"
+
+
+def test_each_infer_attempt_sends_what_is_left_of_the_deadline_as_its_timeout():
+    now = [0.0]
+    script = V2Script(metadata(), None, np.zeros((1, 3), np.float32), ["binary_tensor_data"])
+
+    def slow_reads(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            now[0] += 0.25  # each metadata read takes 250 ms of the budget
+        return script(request)
+
+    transport = httpx.MockTransport(slow_reads)
+    client = RemoteClient(
+        [URL], protocol="v2", contract_hash=TV, timeout_s=2.0, transport=transport,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    client.infer(np.zeros((1, 4, 3), np.float32))  # GET /v2, GET metadata, then infer
+    client.infer(np.zeros((1, 4, 3), np.float32))  # metadata known: the whole budget
+    timeouts = []
+    for r in script.requests:
+        if r.method == "POST":
+            length = r.headers[v2wire.HEADER_LENGTH]
+            timeouts.append(v2wire.decode_request(r.content, length, (4, 3), 8).timeout_us)
+    assert script.seen[:2] == ["GET /v2", "GET /v2/models/mlsignal"]
+    assert timeouts == [1_500_000, 2_000_000]
 
 
 def test_a_config_with_another_full_hash_is_a_mismatch_unless_accepted():
@@ -235,7 +244,8 @@ def test_auto_speaks_mlsignal_to_a_server_that_is_not_proven_v2():
         [URL], protocol="auto", contract_hash=H, transport=httpx.MockTransport(server)
     )
     reply = client.enhance({"symbols": []}, lambda: pytest.fail("no windows for mlsignal"))
-    assert reply.protocol == "mlsignal" and seen == ["GET /v1/models", "POST /v1/enhance"]
+    assert reply.protocol == "mlsignal"
+    assert seen == ["GET /v2", "GET /v1/models", "POST /v1/enhance"]
     assert client.endpoint_protocols() == {URL: "unknown"}  # not proven: asked again next call
 
 
@@ -243,3 +253,13 @@ def test_without_windows_a_v2_endpoint_is_an_error():
     script = V2Script(metadata(), None, np.zeros((1, 3), np.float32))
     with pytest.raises(RemoteError, match="speaks only V2"):
         _client(script).enhance({"symbols": []})
+
+
+def test_ml_info_protocol_takes_only_the_pipelines_values():
+    from mlsignal.pipeline import SignalResult, annotate
+
+    assert {v2.MLSIGNAL, *v2.V2_PROTOCOLS} == set(PROTOCOLS)
+    result = SignalResult("A", 1.0, 2.0, {"source": "remote"})
+    assert annotate(result, protocol="v2-binary").ml_info["protocol"] == "v2-binary"
+    with pytest.raises(ValueError, match="protocol 'grpc' is not one of"):
+        annotate(result, protocol="grpc")

@@ -8,12 +8,15 @@ is never retried on the same server; a 4xx is final. All of it runs inside one d
 whose message is a short reason for ``ml_info["fallback_reason"]``, with ``attempts`` and
 ``endpoint`` attributes. The API key never appears in a message or a log line.
 
-``protocol`` (``GPU_INFERENCE_PROTOCOL``) picks what an enhance call sends: bars to
-``/v1/enhance`` (``mlsignal``), feature windows to a V2 server's ``infer`` (``v2``), or, per
-endpoint, whichever the server speaks (``auto``); :mod:`mlsignal.client.routing` finds out
-what each endpoint speaks and what an attempt sends it, :mod:`mlsignal.client.v2` has the
-rules. This module is the transport. Probes and metadata reads at first contact run inside
-the same call's deadline, and their failures count against the endpoint like any other.
+``protocol`` (``GPU_INFERENCE_PROTOCOL``) picks what an enhance call sends: by default
+(``auto``), per endpoint, feature windows as binary V2 tensors to a server that lists the
+binary tensor extension (``mlsignal serve``, Triton), as JSON V2 tensors to another V2
+server, and bars to ``/v1/enhance`` only to a server that speaks only v1; ``v2`` sends
+windows only, ``mlsignal`` bars only. :mod:`mlsignal.client.routing` finds out what each
+endpoint speaks and what an attempt sends it, :mod:`mlsignal.client.v2` has the rules and
+:mod:`mlsignal.wire.v2` the bodies. This module is the transport. Probes and metadata reads
+at first contact run inside the same call's deadline, and their failures count against the
+endpoint like any other.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from mlsignal.client.routing import Route, Router, Send, Wanted, v2_answer
 from mlsignal.config import Settings
 from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
 from mlsignal.signature import MODEL_NAME
+from mlsignal.wire.v2 import HEADER_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +66,10 @@ class RemoteReply:
     endpoint: str  # base URL that answered
     attempts: int  # HTTP attempts made (1: the first try succeeded)
     latency_ms: float  # wall time of the whole call, retries and backoff included
-    #: ``mlsignal``: ``doc`` is the server's JSON. ``v2``: ``doc`` holds ``outputs`` (float32
-    #: ``(B, 3)``: p_lstm, p_tft, bull_prob), ``model_name``, ``model_version``,
-    #: ``platform``, ``matched`` (how the version was checked) and ``served``.
+    #: ``mlsignal``: ``doc`` is the server's JSON. ``v2`` (JSON tensors) or ``v2-binary``
+    #: (binary tensors): ``doc`` holds ``outputs`` (float32 ``(B, 3)``: p_lstm, p_tft,
+    #: bull_prob), ``model_name``, ``model_version``, ``platform``, ``matched`` (how the
+    #: version was checked) and ``served``.
     protocol: str = "mlsignal"
 
 
@@ -168,21 +173,28 @@ class RemoteClient:
         return self.contract_hash is not None and not self.accept_mismatch
 
     def enhance(
-        self, body: dict[str, Any] | None, windows: Callable[[], np.ndarray] | None = None
+        self,
+        body: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+        windows: Callable[[], np.ndarray] | None = None,
     ) -> RemoteReply:
-        """``POST /v1/enhance`` with ``body`` (not mutated), the pin and ``deadline_ms``.
+        """One enhance call: the same symbols as ``/v1/enhance`` bars (``body``, or a
+        callable making it when an endpoint needs it; not mutated) or as feature windows
+        (``windows()``, called at most once), whichever each endpoint speaks.
 
-        With protocol ``v2``, or ``auto`` and an endpoint that speaks only V2, the same
-        requests' feature windows (``windows()``, called at most once) go to that endpoint's
-        V2 ``infer`` instead and the reply's ``protocol`` is ``v2``; an endpoint that needs
-        windows when none are given is an error. ``body`` may be ``None`` with ``v2``.
+        Protocol ``mlsignal``: ``POST /v1/enhance`` with ``body``, the pin and
+        ``deadline_ms``. ``auto`` (default) and ``v2``: a V2 endpoint gets the windows at its
+        ``infer`` (binary when it lists the extension) and the reply's ``protocol`` is
+        ``v2-binary`` or ``v2``; with ``auto``, an endpoint that speaks only v1 gets the
+        bars. An endpoint that needs windows when none are given is an error; ``body`` may
+        be ``None`` with ``v2``.
         """
         if self.protocol == "mlsignal":
             if body is None:
                 raise self._fail(
                     RemoteError, "enhance needs a body with protocol mlsignal", 0, None
                 )
-            return self._call("POST", "/v1/enhance", self._pin(dict(body)), send_deadline=True)
+            doc = body() if callable(body) else body
+            return self._call("POST", "/v1/enhance", self._pin(dict(doc)), send_deadline=True)
         return self._routed(body, windows)
 
     def infer(self, windows: np.ndarray) -> RemoteReply:
@@ -191,8 +203,8 @@ class RemoteClient:
         return self._routed(None, lambda: windows)
 
     def endpoint_protocols(self) -> dict[str, str]:
-        """URL -> what it was found to speak (``mlsignal``, ``v2``) or ``unknown`` (not yet
-        asked, or forgotten after a failure)."""
+        """URL -> what it was found to speak (``mlsignal``, ``v2``, ``v2-binary``) or
+        ``unknown`` (not yet asked, or forgotten after a failure)."""
         return self._router.protocols(self.urls)
 
     def predict(self, windows: np.ndarray) -> RemoteReply:
@@ -267,12 +279,7 @@ class RemoteClient:
             run.tried.add(url)
             try:
                 send = route(url, run.deadline)
-                answer = self._attempt(
-                    send.method, url, send.path, send.body, run.deadline, send.cap_ms,
-                    v2_infer=send.target is not None,
-                )  # fmt: skip
-                if send.target is not None:
-                    answer = self._v2_answer(answer, send, url)
+                answer = self._attempt(url, send, run.deadline)
             except _EndpointFailure as f:
                 if not f.status:  # no answer: the server may come back as another one
                     self._router.forget(url)
@@ -290,30 +297,38 @@ class RemoteClient:
             self._breakers[url].record_success()
             if send.target is not None:
                 ms = run.deadline.elapsed_s() * 1e3
-                return RemoteReply(answer, url, run.attempts, ms, protocol="v2")
+                return RemoteReply(answer, url, run.attempts, ms, send.target.protocol)
             if check_pin:
                 self._check_pin(answer, url, run.attempts)
             return RemoteReply(answer, url, run.attempts, run.deadline.elapsed_s() * 1e3)
 
     # --- protocols: the routed (auto, v2) call ----------------------------------------------
     def _routed(
-        self, body: dict[str, Any] | None, windows: Callable[[], np.ndarray] | None
+        self,
+        body: dict[str, Any] | Callable[[], dict[str, Any]] | None,
+        windows: Callable[[], np.ndarray] | None,
     ) -> RemoteReply:
-        """One call that sends bars to mlsignal endpoints and windows to V2 endpoints."""
+        """One call that sends bars to mlsignal endpoints and windows to V2 endpoints; the
+        bars' body is made only if an endpoint speaks mlsignal."""
         deadline = Deadline(self.timeout_s, self._clock)
         if self._closed:
             raise self._fail(RemoteError, "remote client is closed", 0, None)
-        v1 = None
+        v1: Callable[[], Send] | None = None
         if body is not None and self.protocol != "v2":
-            v1 = Send("POST", "/v1/enhance", *self._encode(self._pin(dict(body)), True))
+
+            def make_v1() -> Send:
+                doc = body() if callable(body) else body
+                return Send("POST", "/v1/enhance", *self._encode(self._pin(dict(doc)), True))
+
+            v1 = make_v1
         want = Wanted(self.model_name, self.contract_hash, self.accept_mismatch)
         return self._run(self._router.route(want, v1, windows), deadline)
 
-    def _v2_answer(self, doc: dict[str, Any], send: Send, url: str) -> dict[str, Any]:
+    def _v2_answer(self, raw: bytes, length: str | None, send: Send, url: str) -> dict[str, Any]:
         """The reply document of a V2 infer; a malformed answer counts against ``url``."""
         assert send.target is not None
         try:
-            return v2_answer(doc, send.target, send.n, url)
+            return v2_answer(raw, length, send.target, send.n, url)
         except WireError as e:
             raise _EndpointFailure(f"malformed V2 response from {url}: {e}", False) from None
 
@@ -341,33 +356,31 @@ class RemoteClient:
         run.same_retries += 1
         return None if run.deadline.expired(min_s) else url
 
-    def _attempt(
-        self,
-        method: str,
-        url: str,
-        path: str,
-        body: bytes | None,
-        deadline: Deadline,
-        cap: float,
-        v2_infer: bool = False,
-    ) -> dict[str, Any]:
-        """One HTTP exchange with ``url + path`` in what is left of ``deadline``; judged."""
-        status, raw = self._exchange(method, url, path, body, deadline, cap)
-        return self._judge(status, raw, url, v2_infer)
+    def _attempt(self, url: str, send: Send, deadline: Deadline) -> dict[str, Any]:
+        """One HTTP exchange of ``send`` with ``url`` in what is left of ``deadline``; judged
+        (a V2 infer's 2xx decoded as one)."""
+        status, raw, length = self._exchange(url, send, deadline)
+        if send.target is not None and 200 <= status < 300:
+            return self._v2_answer(raw, length, send, url)
+        return self._judge(status, raw, url, v2_infer=send.target is not None)
 
-    def _exchange(
-        self, method: str, url: str, path: str, body: bytes | None, deadline: Deadline, cap: float
-    ) -> tuple[int, bytes]:
-        """One HTTP exchange: ``(status, body)``, or :class:`_EndpointFailure` without one."""
+    def _exchange(self, url: str, send: Send, deadline: Deadline) -> tuple[int, bytes, str | None]:
+        """One HTTP exchange: ``(status, body, Inference-Header-Content-Length)``, or
+        :class:`_EndpointFailure` without one."""
         budget = deadline.remaining_s()
-        headers = None
-        if body is not None:
+        if budget <= 0:  # probes or local work (the windows) used it up: ask nothing more
+            raise _EndpointFailure(f"timeout after {self.timeout_s} s at {url}", False)
+        body, headers = send.body, None
+        if send.infer is not None:  # the server may drop work past our budget (µs)
+            body, headers = send.infer.body(timeout_us=max(1, int(budget * 1e6)))
+            headers["accept-encoding"] = "identity"  # float bytes do not compress: spare it
+        elif body is not None:
             headers = {"content-type": wire.JSON_TYPE}
-            if cap > 0:  # tell the server our budget: it drops work nobody waits for
-                body = _with_deadline(body, max(1, int(min(budget * 1e3, cap))))
+            if send.cap_ms > 0:  # tell the server our budget: it drops work nobody waits for
+                body = _with_deadline(body, max(1, int(min(budget * 1e3, send.cap_ms))))
         try:
             request = self._http.build_request(
-                method, url + path, content=body, headers=headers, timeout=budget
+                send.method, url + send.path, content=body, headers=headers, timeout=budget
             )
             response = self._http.send(request, stream=True)
             try:
@@ -383,11 +396,12 @@ class RemoteClient:
             log.debug("unexpected error calling %s", url, exc_info=True)
             reason = self._scrub(f"{type(e).__name__} at {url}: {e}")
             raise _EndpointFailure(reason, False) from None
-        return response.status_code, raw
+        return response.status_code, raw, response.headers.get(HEADER_LENGTH)
 
     def _get(self, url: str, path: str, deadline: Deadline) -> tuple[int, bytes]:
         """A probe or metadata read of the router, inside the call's deadline."""
-        return self._exchange("GET", url, path, None, deadline, 0.0)
+        status, raw, _ = self._exchange(url, Send("GET", path, None), deadline)
+        return status, raw
 
     def _judge(self, status: int, raw: bytes, url: str, v2_infer: bool = False) -> dict[str, Any]:
         """The parsed answer of a 2xx; otherwise the exception its status calls for."""

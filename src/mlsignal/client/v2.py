@@ -1,21 +1,30 @@
 """The Open Inference Protocol (KServe V2) side of the remote client.
 
-With ``GPU_INFERENCE_PROTOCOL=v2`` (or ``auto`` and a server that speaks only V2) the trading
-host computes the feature windows itself, sends them to a V2 server (Triton, KServe, or
-``mlsignal serve``'s own ``/v2`` routes) and finishes the enhancement (regime, Kelly,
-fusion) locally: the server only runs the model forward.
+By default the trading host computes the feature windows itself (``Prepared.window``, which
+a fallback reuses), sends them to a V2 server (``mlsignal serve``'s own ``/v2`` routes,
+Triton, KServe) and finishes the enhancement (regime, Kelly, fusion) locally: the server only
+runs the model forward. Windows and outputs travel as raw float32 bytes (the binary tensor
+data extension, :mod:`mlsignal.wire.v2`) to a server whose metadata lists it, as JSON
+tensors otherwise; either way the numbers are a local run's, bit for bit.
 
 Environment (read into :class:`~mlsignal.config.Settings`):
 
 - ``GPU_INFERENCE_PROTOCOL``: ``auto`` (default), ``mlsignal`` or ``v2``.
 
-  * ``mlsignal``: bars go to ``POST /v1/enhance`` (``mlsignal serve``, Ray Serve engine).
-  * ``v2``: windows go to ``POST /v2/models/{name}/versions/{version}/infer``.
-  * ``auto``: at first contact with each URL, ``GET /v1/models``: an answer carrying a
-    contract hash means ``mlsignal``; a 404 there and V2 model metadata at
-    ``GET /v2/models/{name}`` mean ``v2``. Anything else is treated as ``mlsignal`` (as
-    before this setting existed) and asked again next call. What was detected is kept per
-    URL until a call to that URL fails.
+  * ``auto``: at first contact with each URL, ``GET /v2``: server metadata means a V2
+    server, spoken to in binary when its ``extensions`` list ``binary_tensor_data``
+    (``mlsignal serve``, Triton), in JSON tensors otherwise (an older ``mlsignal serve``,
+    a server without the extension). A server without it (a 404) is asked ``GET
+    /v1/models``: a contract hash there means ``mlsignal`` (bars to ``/v1/enhance``); a 404
+    there and V2 model metadata at ``GET /v2/models/{name}`` mean V2 in JSON tensors.
+    Anything else is spoken to as ``mlsignal`` and asked again next call. What was learnt is
+    kept per URL until a call to that URL fails.
+  * ``v2``: V2 only (binary when ``GET /v2`` lists the extension, else JSON tensors).
+  * ``mlsignal``: bars to ``POST /v1/enhance`` (``mlsignal serve``, Ray Serve engine); the
+    server prepares the windows.
+
+  ``RemoteReply.protocol`` and ``ml_info["protocol"]`` say what a call spoke: ``mlsignal``,
+  ``v2`` (JSON tensors) or ``v2-binary``.
 
 - ``GPU_INFERENCE_MODEL_NAME``: the V2 model name (default ``mlsignal``, the name
   ``mlsignal serve`` serves and ``mlsignal export-triton`` writes by default).
@@ -36,8 +45,9 @@ Environment (read into :class:`~mlsignal.config.Settings`):
   :class:`~mlsignal.errors.VersionMismatchError` (the enhancer falls back), unless
   ``accept_version_mismatch``: then the unversioned infer URL is used and ``ml_info`` says so.
 
-Only JSON tensors (``data`` flat, row-major); the binary tensor extension is not used.
-Nothing here imports torch or the server.
+Each infer request carries ``parameters.timeout``: what is left of the call's deadline, in
+microseconds, so a server (ours, Triton) can drop work nobody waits for. Nothing here
+imports torch or the server.
 """
 
 from __future__ import annotations
@@ -46,15 +56,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from mlsignal import wire
 from mlsignal.config import MODEL_NAME_ENV, MODEL_NAME_RE, PROTOCOL_ENV, PROTOCOLS
-from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
+from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError
 from mlsignal.signature import DATATYPE, INPUT_NAME, OUTPUT_NAMES, triton_version
+from mlsignal.wire.v2 import BINARY_EXTENSION
 
-#: Numeric V2 datatypes an output may come back as (ours and Triton's are FP32).
-_FLOAT_TYPES = ("FP16", "FP32", "FP64")
+#: What a remote call spoke (``RemoteReply.protocol``, ``ml_info["protocol"]``): bars to
+#: ``/v1/enhance``; windows as V2 JSON tensors; windows as V2 binary tensors.
+MLSIGNAL, V2, BINARY = "mlsignal", "v2", "v2-binary"
+#: The V2 ones.
+V2_PROTOCOLS = (V2, BINARY)
+#: ``GET /v2``: the server metadata, whose ``extensions`` may list the binary extension.
+SERVER_PATH = "/v2"
 
 
 def check_protocol(protocol: str) -> str:
@@ -96,6 +109,8 @@ class V2Target:
         served: the versions the metadata listed.
         platform: the metadata's platform (e.g. ``onnxruntime_onnx``).
         window: ``(T, F)`` of the model input.
+        binary: whether the server's metadata lists ``binary_tensor_data``: the windows and
+            outputs then travel as raw float32 bytes.
     """
 
     model: str
@@ -104,6 +119,12 @@ class V2Target:
     served: tuple[str, ...]
     platform: str
     window: tuple[int, int]
+    binary: bool = False
+
+    @property
+    def protocol(self) -> str:
+        """``v2-binary`` when the server lists the binary tensor extension, else ``v2``."""
+        return BINARY if self.binary else V2
 
     @property
     def infer_path(self) -> str:
@@ -114,6 +135,17 @@ class V2Target:
 
 
 # --- metadata -----------------------------------------------------------------------------
+def is_server_metadata(doc: Any) -> bool:
+    """Whether ``doc`` looks like V2 server metadata (``GET /v2``: an ``extensions`` list)."""
+    return isinstance(doc, Mapping) and isinstance(doc.get("extensions"), list)
+
+
+def lists_binary(doc: Any) -> bool:
+    """Whether V2 server metadata lists the binary tensor data extension."""
+    return is_server_metadata(doc) and BINARY_EXTENSION in doc["extensions"]
+
+
+# --- model metadata -----------------------------------------------------------------------------
 def is_model_metadata(doc: Any) -> bool:
     """Whether ``doc`` looks like a V2 model metadata document (inputs and outputs lists)."""
     return (
@@ -220,56 +252,7 @@ def mismatch(url: str, model: str, served: Sequence[str], contract_hash: str) ->
     )
 
 
-# --- inference ----------------------------------------------------------------------------
-def encode_infer(windows: np.ndarray, request_id: str | None = None) -> bytes:
-    """The JSON body of ``POST .../infer`` for windows ``(B, T, F)`` (FP32, flat row-major)."""
-    arr = np.ascontiguousarray(windows, dtype=np.float32)
-    if arr.ndim != 3 or arr.shape[0] == 0:
-        raise ValueError(f"windows must have shape (B, T, F) with B >= 1, got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError("windows must be finite")
-    doc: dict[str, Any] = {}
-    if request_id is not None:
-        doc["id"] = request_id
-    doc["inputs"] = [
-        {"name": INPUT_NAME, "shape": list(arr.shape), "datatype": DATATYPE, "data": arr.ravel()}
-    ]
-    doc["outputs"] = [{"name": n} for n in OUTPUT_NAMES]
-    return wire.dumps(doc)
-
-
-def decode_infer(doc: Any, n: int) -> np.ndarray:
-    """An infer response -> float32 ``(n, 3)`` in the order ``p_lstm, p_tft, bull_prob``.
-
-    Each output must have ``n`` finite numbers, shape ``[n]`` or ``[n, 1]``. Raises
-    :class:`~mlsignal.errors.WireError` naming the field.
-    """
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("outputs"), list):
-        raise WireError("outputs", "is missing: not a V2 infer response")
-    by_name = {o.get("name"): o for o in doc["outputs"] if isinstance(o, Mapping)}
-    out = np.empty((n, len(OUTPUT_NAMES)), dtype=np.float32)
-    for k, name in enumerate(OUTPUT_NAMES):
-        tensor = by_name.get(name)
-        if tensor is None:
-            raise WireError("outputs", f"has no tensor {name!r}")
-        if tensor.get("datatype") not in _FLOAT_TYPES:
-            raise WireError(f"outputs.{name}.datatype", f"is {tensor.get('datatype')!r}")
-        if tensor.get("shape") not in ([n], [n, 1]):
-            raise WireError(
-                f"outputs.{name}.shape", f"is {tensor.get('shape')!r}, expected [{n}] or [{n}, 1]"
-            )
-        try:
-            data = np.asarray(tensor.get("data"), dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise WireError(f"outputs.{name}.data", "is not a list of numbers") from None
-        if data.size != n:
-            raise WireError(f"outputs.{name}.data", f"has {data.size} values for {n} windows")
-        if not np.isfinite(data).all():
-            raise WireError(f"outputs.{name}.data", "is not finite")
-        out[:, k] = data  # FP32 values come back exactly (their JSON is a float32's digits)
-    return out
-
-
+# --- inference ---------------------------------------------------------------------------
 def check_answer(doc: Mapping[str, Any], target: V2Target, url: str) -> None:
     """Refuse an answer from another model or version than ``target`` names."""
     name = doc.get("model_name")

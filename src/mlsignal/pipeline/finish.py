@@ -7,8 +7,8 @@ one. Every key that exists is listed here (and in docs/API.md):
 
 - :data:`ML_INFO_KEYS`: in every ``ml_info``, whatever answered. ``fallback_reason`` and
   ``endpoint`` are ``None`` where they do not apply, ``attempts`` is 0 for a local answer.
-- :data:`REMOTE_KEYS`: added by a remote answer (``server_latency_ms``, ``protocol``);
-  :data:`V2_KEYS` by one from an Open Inference Protocol (V2) server.
+- :data:`REMOTE_KEYS`: added by a remote answer (``server_latency_ms``, ``protocol``, one of
+  :data:`PROTOCOLS`); :data:`V2_KEYS` by one from an Open Inference Protocol (V2) server.
 - :data:`MISMATCH_KEY` (``version_mismatch``): only when a server with another model was
   used because ``accept_version_mismatch`` allowed it.
 """
@@ -35,6 +35,10 @@ ML_INFO_KEYS = (
 )  # fmt: skip
 #: Keys a remote answer adds.
 REMOTE_KEYS = ("server_latency_ms", "protocol")
+#: ``ml_info["protocol"]``: what the remote call spoke: bars to ``/v1/enhance``
+#: (``mlsignal``), windows as V2 JSON tensors (``v2``) or as V2 binary tensors
+#: (``v2-binary``, the binary tensor data extension).
+PROTOCOLS = ("mlsignal", "v2", "v2-binary")
 #: Keys an answer from a V2 server adds: the model and version it answered with, and how
 #: that version was matched to the local bundle.
 V2_KEYS = ("v2_model", "v2_version", "v2_version_check")
@@ -107,11 +111,13 @@ def annotate(
     **extra: Any,
 ) -> SignalResult:
     """``result`` with where it came from recorded (a new ``ml_info``; arguments left out
-    keep their value). ``extra``: keys of :data:`REMOTE_KEYS`, :data:`V2_KEYS` or
-    :data:`MISMATCH_KEY` only."""
+    keep their value). ``extra``: keys of :data:`REMOTE_KEYS` (``protocol`` one of
+    :data:`PROTOCOLS`), :data:`V2_KEYS` or :data:`MISMATCH_KEY` only."""
     unknown = set(extra) - _EXTRA_KEYS
     if unknown:
         raise ValueError(f"not ml_info keys: {sorted(unknown)}")
+    if "protocol" in extra and extra["protocol"] not in PROTOCOLS:
+        raise ValueError(f"protocol {extra['protocol']!r} is not one of {PROTOCOLS}")
     info = dict(result.ml_info)
     if source is not None:
         info["source"] = _source(source)

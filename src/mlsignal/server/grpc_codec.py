@@ -19,8 +19,8 @@ import numpy as np
 
 from mlsignal.errors import V2Error
 from mlsignal.server import proto
-from mlsignal.server.v2 import check_input_shape, check_input_type, wanted_outputs
 from mlsignal.signature import DATATYPE, INPUT_NAME, MODEL_NAME, OUTPUT_NAMES
+from mlsignal.wire.v2 import check_input_shape, check_input_type, wanted_outputs
 
 #: Little-endian float32, the byte order of V2 raw tensor contents.
 FP32_LE = np.dtype("<f4")

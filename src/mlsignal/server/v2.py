@@ -4,22 +4,32 @@ One model, named ``mlsignal``; its version is the bundle's contract hash (the mo
 version string is accepted too). Input ``windows`` FP32 ``[-1, T, F]``; outputs ``p_lstm``,
 ``p_tft``, ``bull_prob`` FP32 ``[-1]``. Health answers 200 for true and 400 for false;
 errors are ``{"error": "..."}``: 400 for a bad request, 404 for an unknown model or version.
-The binary tensor extension is not supported, so ``extensions`` is empty.
+
+Tensors travel as JSON or with the binary tensor data extension (``extensions`` lists
+``binary_tensor_data``), exactly as ``tritonclient.http`` sends them by default; the codec is
+:mod:`mlsignal.wire.v2`. A request body may be gzip- or deflate-compressed
+(``Content-Encoding``); answers are never compressed (``Accept-Encoding`` is not honoured,
+which HTTP allows). A binary request is decoded on the event loop (``np.frombuffer`` on the
+body); a JSON one in the worker pool. Request-level ``parameters.timeout`` (microseconds) is
+the request's deadline from arrival: past it, 504.
 """
 
 from __future__ import annotations
 
+import time
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from starlette.exceptions import HTTPException
 
-from mlsignal import __version__, wire
-from mlsignal.errors import V2Error
+from mlsignal import __version__
+from mlsignal.errors import DeadlineError, V2Error
+from mlsignal.server.admission import deadline_of, within
 from mlsignal.server.state import ModelState, Services, json_response, services
 from mlsignal.signature import DATATYPE, INPUT_NAME, MODEL_NAME, OUTPUT_NAMES, platform
+from mlsignal.wire import v2 as v2wire
 
 router = APIRouter(prefix="/v2")
 
@@ -53,7 +63,8 @@ def _health(ok: bool) -> Response:
 @router.get("")
 async def server_metadata() -> Response:
     """Server metadata: name, version, extensions."""
-    return json_response({"name": MODEL_NAME, "version": __version__, "extensions": []})
+    doc = {"name": MODEL_NAME, "version": __version__, "extensions": [v2wire.BINARY_EXTENSION]}
+    return json_response(doc)
 
 
 @router.get("/health/live")
@@ -105,100 +116,45 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 @router.post("/models/{name}/infer")
 @router.post("/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    """Inference with JSON tensors; the outputs equal ``/v1/predict``'s for the same windows."""
+    """Inference with JSON or binary tensors (:mod:`mlsignal.wire.v2`); the outputs equal
+    ``/v1/predict``'s for the same windows, bit for bit."""
+    t0 = time.perf_counter()
     svc = services(request)
     state = _model(svc, name, version)
-    body = await request.body()
+    body = content(await request.body(), request.headers, svc.config.max_body_bytes)
+    length = request.headers.get(v2wire.HEADER_LENGTH)
     shape = (state.bundle.schema.window, state.bundle.schema.n_features)
-    req_id, windows, wanted = await svc.blocking(decode_infer, body, shape, svc.config.max_symbols)
-    out = await svc.batcher.submit(state.runtime, windows)
-    doc: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": state.bundle.contract_hash}
-    if req_id is not None:
-        doc["id"] = req_id
-    doc["outputs"] = [
-        {
-            "name": n,
-            "datatype": DATATYPE,
-            "shape": [len(out)],
-            "data": np.ascontiguousarray(out[:, k]),
-        }
-        for k, n in enumerate(OUTPUT_NAMES)
-        if n in wanted
-    ]
-    return json_response(doc)
+    args = (body, length, shape, svc.config.max_symbols)
+    if length is not None:  # binary: np.frombuffer, cheaper than a thread hop
+        call = v2wire.decode_request(*args)
+    else:
+        call = await svc.blocking(v2wire.decode_request, *args)
+    budget_ms = call.timeout_us / 1e3 if call.timeout_us else None
+    deadline = deadline_of(request.scope, budget_ms, svc.config.default_deadline_ms)
+    if budget_ms is not None and (time.perf_counter() - t0) * 1e3 >= budget_ms:
+        raise DeadlineError()  # the loop's clock may tick in milliseconds: decoding, exactly
+    out = await within(deadline, svc.batcher.submit(state.runtime, call.windows, deadline))
+    head: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": state.bundle.contract_hash}
+    if call.id is not None:
+        head = {"id": call.id, **head}
+    data, headers = v2wire.encode_response(head, out, call.outputs)
+    return Response(data, 200, headers)
 
 
-def decode_infer(
-    body: bytes, shape: tuple[int, int], max_windows: int
-) -> tuple[str | None, np.ndarray, set[str]]:
-    """Validate an inference request -> (id, windows ``(B, T, F)``, requested outputs)."""
-    doc = wire.loads(body)
-    if not isinstance(doc, Mapping):
-        raise V2Error("body", "must be a JSON object")
-    req_id = doc.get("id")
-    if req_id is not None and not isinstance(req_id, str):
-        raise V2Error("id", "must be a string")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1:
-        raise V2Error("inputs", f"must be a list with one tensor named {INPUT_NAME!r}")
-    windows = _windows(inputs[0], shape, max_windows)
-    return req_id, windows, wanted_outputs(doc.get("outputs"))
-
-
-def _windows(tensor: Any, shape: tuple[int, int], max_windows: int) -> np.ndarray:
-    if not isinstance(tensor, Mapping):
-        raise V2Error("inputs[0].name", f"must be {INPUT_NAME!r}")
-    check_input_type(tensor.get("name"), tensor.get("datatype"))
-    params = tensor.get("parameters") or {}
-    if not isinstance(params, Mapping) or params.get("binary_data_size") is not None:
-        raise V2Error("inputs[0].parameters", "binary tensor data is not supported; send JSON")
-    dims = check_input_shape(tensor.get("shape"), shape, max_windows)
+def content(body: bytes, headers: Mapping[str, str], max_bytes: int) -> bytes:
+    """The request body with its ``Content-Encoding`` (``gzip``, ``deflate``, as
+    ``tritonclient`` may send) undone, at most ``max_bytes`` of it; else a V2Error."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise V2Error("Content-Encoding", f"{encoding!r} is not supported; use gzip or deflate")
+    inflate = zlib.decompressobj(wbits)
     try:
-        data = np.asarray(tensor.get("data"), dtype=np.float32)
-    except (TypeError, ValueError):
-        raise V2Error("inputs[0].data", "must be a list of numbers in row-major order") from None
-    if data.size != dims[0] * shape[0] * shape[1]:
-        raise V2Error("inputs[0].data", f"has {data.size} values; shape {dims} needs the product")
-    if not np.isfinite(data).all():
-        raise V2Error("inputs[0].data", "must be finite")
-    return data.reshape(dims)
-
-
-def check_input_type(name: Any, datatype: Any) -> None:
-    """The one input's ``name`` and ``datatype`` (REST and gRPC), or a :class:`V2Error`."""
-    if name != INPUT_NAME:
-        raise V2Error("inputs[0].name", f"must be {INPUT_NAME!r}")
-    if datatype != DATATYPE:
-        raise V2Error("inputs[0].datatype", f"must be {DATATYPE!r}, got {datatype!r}")
-
-
-def check_input_shape(dims: Any, shape: tuple[int, int], max_windows: int) -> list[int]:
-    """The input's ``[B, T, F]`` against the model's ``(T, F)`` and ``1 <= B <= max_windows``
-    (REST and gRPC); ``dims`` as a list, or a :class:`V2Error` naming ``inputs[0].shape``."""
-    if (
-        not isinstance(dims, list)
-        or len(dims) != 3
-        or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
-        or tuple(dims[1:]) != shape
-        or not 1 <= dims[0] <= max_windows
-    ):
-        raise V2Error(
-            "inputs[0].shape",
-            f"is {dims!r}; expected [B, {shape[0]}, {shape[1]}] with 1 <= B <= {max_windows}",
-        )
-    return dims
-
-
-def wanted_outputs(outputs: Any) -> set[str]:
-    """The requested output names (``None``: all), or a :class:`V2Error` naming the entry."""
-    if outputs is None:
-        return set(OUTPUT_NAMES)
-    if not isinstance(outputs, list) or not outputs:
-        raise V2Error("outputs", 'must be a non-empty list of {"name": ...} or absent')
-    wanted = set()
-    for i, o in enumerate(outputs):
-        name = o.get("name") if isinstance(o, Mapping) else None
-        if name not in OUTPUT_NAMES:
-            raise V2Error(f"outputs[{i}].name", f"must be one of {', '.join(OUTPUT_NAMES)}")
-        wanted.add(name)
-    return wanted
+        out = inflate.decompress(body, max_bytes + 1)
+    except zlib.error as e:
+        raise V2Error("Content-Encoding", f"the body is not valid {encoding} ({e})") from None
+    if len(out) > max_bytes or inflate.unconsumed_tail:
+        raise V2Error("body", f"decompressed, it exceeds the limit of {max_bytes} bytes")
+    return out

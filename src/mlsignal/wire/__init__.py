@@ -1,6 +1,8 @@
 """The HTTP wire schema shared by client and server (plain dicts, JSON via orjson).
 
-Neither side imports the other; both import this. Nothing here imports torch.
+Neither side imports the other; both import this package. Nothing here imports torch.
+This module holds the ``/v1`` schema and the JSON helpers; :mod:`mlsignal.wire.v2` holds the
+Open Inference Protocol (KServe V2) infer bodies, JSON and binary.
 
 ``POST /v1/enhance`` request::
 
