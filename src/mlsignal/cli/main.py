@@ -15,7 +15,7 @@ from mlsignal.cli.options import (
     add_server_limit_options,
     resolve_bundle,
 )
-from mlsignal.errors import MLSignalError
+from mlsignal.errors import ConfigError, MLSignalError
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -312,6 +312,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if (code := maybe_serve_ray(args)) is not None:  # --engine ray: a Ray Serve application
         return code
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:  # a supervisor of N server processes on one socket
+        from mlsignal.cli.serve_workers import supervise
+
+        return supervise(args)
     from mlsignal.cli.serve import serve
 
     return serve(args)

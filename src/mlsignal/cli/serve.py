@@ -17,10 +17,13 @@ import logging
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlsignal.cli.options import cli_settings, server_config
 from mlsignal.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlsignal.server import ServerConfig
 
 log = logging.getLogger("mlsignal.server")
 
@@ -70,31 +73,35 @@ def _server(config: Any, app: Any, grpc: bool) -> Any:
     return Server(config)
 
 
-def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: int = 0) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the exit code.
-
-    The uvicorn engine; ``--engine ray`` goes to :mod:`mlsignal.cli.serve_ray` instead.
-    ``sock``: a listening socket to serve on (a worker of ``--workers N``); ``None`` binds
-    ``--host``/``--port`` itself, or supervises ``--workers`` processes when that is > 1.
-    """
-    import uvicorn
-
-    from mlsignal.server import create_app, load_model
+def check_serve_args(args: argparse.Namespace) -> tuple[tuple[bytes, ...], ServerConfig]:
+    """Keys, bind address, TLS, gRPC and limits checked before anything loads (a one-line
+    error, exit 2); returns the keys and the server's config. Lifecycle lines always show."""
     from mlsignal.server.auth import check_bind, load_keys
 
     keys = load_keys(args.api_key_file)
     check_bind(args.host, keys, args.insecure)
     _check_tls(args)
-    grpc_config = _grpc_config(args, shared=sock is not None)  # checked before the model loads
+    _grpc_config(args)
     config = server_config(args, keys)
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # lifecycle lines (start, reload, drain) always show
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    if sock is None and args.workers > 1:
-        from mlsignal.cli.serve_workers import supervise
+    return keys, config
 
-        return supervise(args)
+
+def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: int = 0) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code.
+
+    The uvicorn engine; ``--engine ray`` goes to :mod:`mlsignal.cli.serve_ray` instead.
+    ``sock``: a listening socket to serve on (a worker of ``--workers N``: see
+    :mod:`mlsignal.cli.serve_workers`, which ``mlsignal serve --workers N`` runs instead);
+    ``None`` binds ``--host``/``--port`` itself.
+    """
+    import uvicorn
+
+    from mlsignal.server import create_app, load_model
+
+    keys, config = check_serve_args(args)
+    grpc_config = _grpc_config(args, shared=sock is not None)  # checked before the model loads
     settings = cli_settings(args)
     device = args.device or settings.device
     backend = args.backend or settings.backend

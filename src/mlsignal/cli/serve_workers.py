@@ -138,8 +138,10 @@ class Supervisor:
 def supervise(args: argparse.Namespace) -> int:
     """Run ``args.workers`` worker processes until SIGTERM/SIGINT; returns the exit code."""
     from mlsignal.bundle import load_bundle
+    from mlsignal.cli.serve import check_serve_args
 
-    load_bundle(args.bundle)  # a missing or tampered bundle: one line here, not N tracebacks
+    check_serve_args(args)  # keys, bind, TLS, limits: one line here, not N tracebacks
+    load_bundle(args.bundle)  # a missing or tampered bundle too
     sup = Supervisor(args, args.workers)
 
     def stop(signum: int, frame: Any) -> None:

@@ -102,11 +102,11 @@ async def within(deadline: float | None, work: Awaitable[T]) -> T:
     if deadline is None:
         return await work
     left = deadline - asyncio.get_running_loop().time()
-    try:
-        if left <= 0:
-            raise TimeoutError
-        return await asyncio.wait_for(work, left)
-    except TimeoutError:
+    if left <= 0:  # passed already: the work never starts
         if asyncio.iscoroutine(work):
             work.close()
+        raise DeadlineError()
+    try:
+        return await asyncio.wait_for(work, left)
+    except TimeoutError:
         raise DeadlineError("an answer") from None
