@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import torch
 
@@ -18,9 +19,12 @@ def test_remote_on_cuda_equals_local_on_cuda(tiny_bundle, server_factory, sp500_
         bars = sp500_bars.iloc[end - 256 : end]
         r_ss, r_bs, r = remote.enhance_signal(bars, 30.0, 60.0)
         l_ss, l_bs, m = local.enhance_signal(bars, 30.0, 60.0)
-        assert r["source"] == "remote" and r["device"] == "cuda:0"
+        # the default protocol sends the host's windows as binary V2: the server runs the
+        # model only (its device is in /v1/models, checked below)
+        assert r["source"] == "remote" and r["protocol"] == "v2-binary"
         assert (r_ss, r_bs) == (l_ss, l_bs)
         for key in ("bull_prob", "p_lstm", "p_tft", "regime_vol", "kelly"):
             assert r[key] == m[key], key
     remote.close()
+    assert httpx.get(f"{server.url}/v1/models", timeout=10).json()["device"] == "cuda:0"
     assert server.stop() == 0
