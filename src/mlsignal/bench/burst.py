@@ -35,7 +35,8 @@ class BurstSpec:
         hosts: connections, each one trading host.
         bursts: bursts to fire (each one sample of the last-answer time).
         windows_per_request: windows (symbols) in one host's request.
-        period_s: seconds from one burst's start to the next.
+        period_s: seconds from one burst's start to the next (a burst still running then
+            delays the next: bursts never overlap, and each is timed from its own start).
         headers: extra request headers; ``content_type`` the body's type.
         processes: load processes sharing the hosts.
         timeout_s: a request still unanswered after this counts as an error.
@@ -118,8 +119,8 @@ async def _fire(spec: BurstSpec, barrier: Any, origin: Any) -> list[tuple[int, f
             await asyncio.gather(*(c.request() for c in clients), return_exceptions=True)
         start = await _agree_on_start(barrier, origin)
         for k in range(spec.bursts):
-            at = start + k * spec.period_s
-            await asyncio.sleep(max(0.0, at - time.time()))
+            await asyncio.sleep(max(0.0, start + k * spec.period_s - time.time()))
+            at = time.time()  # the burst's instant (later than planned if the last one overran)
             done = await asyncio.gather(*(_timed(c, spec.timeout_s) for c in clients))
             rows.extend((k, None if t is None else t - at) for t in done)
     finally:

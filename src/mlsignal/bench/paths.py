@@ -32,6 +32,7 @@ from mlsignal.bench.loadgen import LoadSpec, run_load
 from mlsignal.bench.procs import ServerProc, free_port
 from mlsignal.bench.usage import GpuBusy, cpu_seconds
 from mlsignal.bundle import GOLDEN_FILE, Bundle
+from mlsignal.errors import MLSignalError
 from mlsignal.signature import MODEL_NAME
 from mlsignal.wire import v2 as wire_v2
 
@@ -97,14 +98,38 @@ def bars_body(bundle: Bundle, symbols: int) -> bytes:
 
 
 def start_server(bundle_dir: Path, cfg: PathsConfig) -> ServerProc:
-    """``mlsignal serve --workers W`` on a free loopback port, ready."""
+    """``mlsignal serve --workers W`` on a free loopback port, every worker ready (a worker
+    still loading would share the cores and the GPU with the first measurements)."""
     port = free_port()
     args = [
         sys.executable, "-m", "mlsignal.cli.main", "serve", "--bundle", str(bundle_dir),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(cfg.workers),
         *cfg.extra_args,
     ]  # fmt: skip
-    return ServerProc("mlsignal serve", args, port, "/readyz").start(cfg.startup_timeout_s)
+    proc = ServerProc("mlsignal serve", args, port, "/readyz").start(cfg.startup_timeout_s)
+    try:
+        wait_workers(proc.url, cfg.workers, cfg.startup_timeout_s)
+    except BaseException:
+        proc.cleanup()
+        raise
+    proc.startup_s = time.perf_counter() - proc.started_at
+    return proc
+
+
+def wait_workers(url: str, workers: int, timeout_s: float) -> None:
+    """Until ``workers`` distinct worker pids have answered ``/v1/models`` (new connections
+    each time: the kernel hands each to a worker waiting in accept)."""
+    import httpx
+
+    seen: set[int] = set()
+    end = time.monotonic() + timeout_s
+    while len(seen) < workers:
+        if time.monotonic() > end:
+            raise MLSignalError(f"{len(seen)} of {workers} workers answered in {timeout_s:.0f} s")
+        with httpx.Client(trust_env=False, timeout=10.0) as http:
+            seen.add(http.get(url + "/v1/models").json()["pid"])
+        if len(seen) < workers:
+            time.sleep(0.05)
 
 
 def _usage(server_pid: int, run: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:

@@ -53,6 +53,7 @@ class ServerProc:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
+        self.started_at = 0.0
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop)
             prefix=f"mlsignal-bench-{port}-", suffix=".log", delete=False
         )
@@ -60,7 +61,7 @@ class ServerProc:
 
     def start(self, timeout_s: float = 120.0) -> ServerProc:
         """Start and wait until ``ready_path`` answers 200; on failure stop it and raise."""
-        t0 = time.perf_counter()
+        t0 = self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(
             self.args,
             stdout=self._log,
