@@ -253,14 +253,8 @@ def test_overload_is_unavailable_at_once(tiny_bundle, server_factory, golden):
     assert server.stop() == 0
 
 
-def test_tls(tiny_bundle, server_factory, tmp_path, golden, runtime):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca_path, cert_path, key_path = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
+def test_tls(tiny_bundle, server_factory, tls_files, golden, runtime):
+    ca_path, cert_path, key_path = tls_files
     server = server_factory(
         tiny_bundle, "--device", "cpu", "--backend", "onnx", "--grpc-port", str(free_port()),
         "--ssl-certfile", str(cert_path), "--ssl-keyfile", str(key_path),

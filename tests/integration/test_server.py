@@ -307,14 +307,8 @@ def test_overload_answers_fast_503_and_insecure_public_bind(tiny_bundle, server_
     assert server.stop() == 0
 
 
-def test_tls_with_a_self_signed_certificate(tiny_bundle, server_factory, tmp_path, golden):
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca_path, cert_path, key_path = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
+def test_tls_with_a_self_signed_certificate(tiny_bundle, server_factory, tls_files, golden):
+    ca_path, cert_path, key_path = tls_files
     server = server_factory(
         tiny_bundle, "--device", "cpu",
         "--ssl-certfile", str(cert_path), "--ssl-keyfile", str(key_path),

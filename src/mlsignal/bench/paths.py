@@ -30,6 +30,7 @@ from mlsignal import wire
 from mlsignal.bench.burst import BurstSpec, run_burst
 from mlsignal.bench.loadgen import LoadSpec, run_load
 from mlsignal.bench.procs import ServerProc, free_port
+from mlsignal.bench.server_bench import fmt_ms as _f
 from mlsignal.bench.usage import GpuBusy, cpu_seconds
 from mlsignal.bundle import GOLDEN_FILE, Bundle
 from mlsignal.errors import MLSignalError
@@ -223,7 +224,3 @@ def format_paths(out: dict[str, Any]) -> str:
         f"{b['errors']}; server cores {b['server_cores']:.2f}; gpu {_f(b['gpu_busy_pct'])} %"
     )
     return "\n".join(lines)
-
-
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"

@@ -315,8 +315,12 @@ def format_server(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _f(v: float | None) -> str:
+def fmt_ms(v: float | None) -> str:
+    """A number with 2 decimals, ``-`` for none (the tables' cells)."""
     return "-" if v is None else f"{v:.2f}"
+
+
+_f = fmt_ms
 
 
 def _x(v: float | None, fmt: str = ".2f") -> str:
