@@ -77,7 +77,9 @@ class MLSignalEnhancer:
         backend: ``torch`` or ``onnx`` (default ``ML_INFERENCE_BACKEND``, else auto).
         remote_urls: inference servers, tried in order (default ``GPU_INFERENCE_API_URL``).
         api_key: server API key (default ``GPU_INFERENCE_API_KEY``).
-        timeout_s: total budget of one remote call, retry and fail-over included (default
+        timeout_s: total budget of one remote call, counted from the moment the caller
+            enters ``enhance_*``; it bounds every connect, read, retry, hedge and fail-over,
+            and the fallback starts by then whatever the server does (default
             ``GPU_INFERENCE_TIMEOUT``, 3 s).
         accept_version_mismatch: use a server whose model contract hash differs from the
             local bundle's (recorded in ``ml_info``); by default such a server is not used.

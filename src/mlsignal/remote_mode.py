@@ -76,7 +76,14 @@ class RemoteMode:
     def enhance(
         self, prepared: Sequence[Prepared], t0: float
     ) -> tuple[list[SignalResult] | None, str | None, int]:
-        """Remote results, or ``(None, reason, attempts)`` when the caller must fall back."""
+        """Remote results, or ``(None, reason, attempts)`` when the caller must fall back.
+
+        ``t0`` (``time.perf_counter()``) is when the caller entered ``enhance_*``: the
+        call's one deadline, ``timeout_s`` after it, covers the preparation already done
+        and every connect, read, retry and fail-over; this returns by then, whatever the
+        servers do, so the fallback starts by then.
+        """
+        from mlsignal.client import Deadline
         from mlsignal.client.v2 import V2_PROTOCOLS
 
         def body() -> dict[str, Any]:  # made only for an endpoint that speaks only v1
@@ -86,7 +93,10 @@ class RemoteMode:
             )
 
         try:
-            reply = self.client.enhance(body, lambda: np.stack([p.window for p in prepared]))
+            deadline = Deadline.since(self.client.timeout_s, time.perf_counter() - t0)
+            reply = self.client.enhance(
+                body, lambda: np.stack([p.window for p in prepared]), deadline=deadline
+            )
             if reply.protocol in V2_PROTOCOLS:
                 results = self._finish(prepared, reply, t0)
             else:

@@ -249,17 +249,23 @@ def test_all_circuits_open_fails_at_once_without_io():
     assert err.attempts == 0 and err.endpoint is None
 
 
-def test_an_open_endpoint_is_skipped_then_probed_after_the_reset():
-    clock = FakeClock()
-    servers = Servers({A: [refused, refused, ok()], B: [ok()]}, clock=clock)
-    client = servers.client((A, B), breaker=BreakerConfig(failure_threshold=2, reset_after_s=5))
+def test_an_open_endpoint_is_skipped_and_probed_in_the_background():
+    """The caller's call never takes the half-open probe (it did: a hung server's probe then
+    stalled a trader's call for the whole budget); a background probe re-admits it."""
+    servers = Servers({A: [refused, refused, ok()], B: [ok()]})
+    client = servers.client((A, B), breaker=BreakerConfig(failure_threshold=2, reset_after_s=0.2))
     assert [client.enhance(BODY).attempts for _ in range(2)] == [2, 2]  # A refused, B answered
     assert client.endpoint_states()[A] == "open"
-    reply = client.enhance(BODY)
-    assert (reply.endpoint, reply.attempts) == (B, 1)  # straight to B
-    clock.advance(5.0)
-    reply = client.enhance(BODY)
-    assert reply.endpoint == A and client.endpoint_states()[A] == "closed"  # probe succeeded
+    end = time.monotonic() + 10
+    while client.endpoint_states()[A] != "closed" and time.monotonic() < end:
+        reply = client.enhance(BODY)
+        assert (reply.endpoint, reply.attempts) == (B, 1)  # straight to B, probe or not
+        time.sleep(0.01)
+    assert client.endpoint_states()[A] == "closed"
+    to_a = [r for url, r in servers.calls if url == A]
+    assert [(r.method, r.url.path) for r in to_a[2:]] == [("GET", "/v2/health/ready")]
+    assert client.enhance(BODY).endpoint == A  # re-admitted
+    client.close()
 
 
 def test_deadline_ms_is_sent_and_decreases_and_bounds_each_attempt():

@@ -4,6 +4,10 @@
 (calls skip the endpoint at once, no waiting on a dead server) -> ``half_open`` once
 ``reset_after_s`` has passed (exactly one probe call is let through) -> ``closed`` when the
 probe succeeds, back to ``open`` when it fails. Thread-safe; the clock is injectable.
+
+Timeouts count as failures like any other, a hedged-away hang included. The remote client
+never lets a trader's call take the half-open probe: its calls use an endpoint only while
+the circuit is closed, and :mod:`mlsignal.client.health` probes open ones in the background.
 """
 
 from __future__ import annotations

@@ -1,18 +1,21 @@
-"""Retry policy and the deadline of one remote call.
+"""Retry and hedging policies and the deadline of one remote call.
 
-A :class:`Deadline` is the caller's whole budget (``GPU_INFERENCE_TIMEOUT``): every attempt,
-backoff and fail-over of one call runs inside it. A :class:`RetryPolicy` says which failures
-are transient (connect errors, timeouts, 502/503/504: worth another try) and how long to
-wait before retrying the same endpoint (full jitter, never past the deadline). A 4xx is
-never retried: the server is up and said no.
+A :class:`Deadline` is the caller's whole budget (``GPU_INFERENCE_TIMEOUT``), set when the
+caller enters ``enhance_*``: every connect, read, retry, hedge and fail-over of one call runs
+inside it. A :class:`RetryPolicy` says which failures are transient (connect errors,
+timeouts, 502/503/504: worth another try) and how long to wait before retrying the same
+endpoint (full jitter, never past the deadline). A 4xx is never retried: the server is up
+and said no. A :class:`HedgePolicy` says when a call that has not been answered yet also
+asks the next endpoint.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -32,6 +35,15 @@ class Deadline:
         self._clock = clock
         self._start = clock()
         self._end = self._start + budget_s
+
+    @classmethod
+    def since(cls, budget_s: float, spent_s: float, clock: Clock = time.monotonic) -> Deadline:
+        """A deadline that started ``spent_s`` seconds ago (the caller entered ``enhance_*``
+        then, and prepared its input since)."""
+        deadline = cls(budget_s, clock)
+        deadline._start -= max(0.0, spent_s)
+        deadline._end = deadline._start + budget_s
+        return deadline
 
     def remaining_s(self) -> float:
         """Seconds left, never negative."""
@@ -110,6 +122,50 @@ class RetryPolicy:
         if deadline.remaining_s() - pause < self.min_attempt_s:
             return None
         return pause
+
+
+@dataclass(frozen=True)
+class HedgePolicy:
+    """When an unanswered attempt is joined by one to the next endpoint (a hedge).
+
+    The first attempt of a call goes to the first endpoint whose circuit is closed. If it has
+    not answered after :meth:`delay` seconds and another endpoint is available, the same
+    request also goes there, and the first good answer wins (the other is cancelled). A hung
+    endpoint thus costs a call its recent ``quantile`` latency, never more than its share of
+    what is left of the budget or ``max_delay_s``. A hedge is an attempt: it counts towards
+    ``RetryPolicy.max_attempts``.
+
+    Attributes:
+        quantile: of an endpoint's recent answer times, the one to wait before hedging.
+        min_delay_s: never hedge sooner (on loopback p95 is a few ms; jitter is not a hang).
+        max_delay_s: never wait longer than this before hedging.
+        window: answer times kept per endpoint.
+        min_samples: fewer answers than this: no quantile yet, wait the bound.
+    """
+
+    quantile: float = 0.95
+    min_delay_s: float = 0.02
+    max_delay_s: float = 0.5
+    window: int = 64
+    min_samples: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 < self.quantile <= 1:
+            raise ConfigError(f"quantile must be in (0, 1], got {self.quantile}")
+        if not 0 <= self.min_delay_s <= self.max_delay_s:
+            raise ConfigError("hedge delays must satisfy 0 <= min_delay_s <= max_delay_s")
+        if self.window < 1 or self.min_samples < 1:
+            raise ConfigError("window and min_samples must be at least 1")
+
+    def delay(self, recent_s: Sequence[float], share_s: float) -> float:
+        """Seconds to wait for an endpoint with answer times ``recent_s`` before hedging;
+        ``share_s``: its share of what is left of the budget."""
+        bound = min(share_s, self.max_delay_s)
+        if len(recent_s) < self.min_samples:
+            return bound
+        ordered = sorted(recent_s)
+        q = ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]
+        return min(bound, max(self.min_delay_s, q))
 
 
 def is_tls_error(exc: BaseException) -> bool:

@@ -3,10 +3,16 @@
 A call tries the configured endpoints in order, skipping those whose circuit is open; a
 transient failure (connect error, timeout, 502/503/504) moves to the next endpoint, or
 retries the same one after a jittered pause when there is no other; a 500 may fail over but
-is never retried on the same server; a 4xx is final. All of it runs inside one deadline of
-``timeout_s``. Every failure reaches the caller as a :class:`~mlsignal.errors.RemoteError`
-whose message is a short reason for ``ml_info["fallback_reason"]``, with ``attempts`` and
-``endpoint`` attributes. The API key never appears in a message or a log line.
+is never retried on the same server; a 4xx is final. An endpoint that has not answered
+within its recent p95 (bounded) is joined by a hedge to the next one, and the first good
+answer wins. All of it runs inside one absolute deadline of ``timeout_s`` (set when the
+caller entered ``enhance_*`` when it passes one): the call returns by then whatever a server
+does (:mod:`mlsignal.client.race` says how: attempts on worker threads, sockets bounded and
+cancelled by :mod:`mlsignal.client.transport`). Open circuits are probed in the background
+(:mod:`mlsignal.client.health`), never on a caller's call. Every failure reaches the caller
+as a :class:`~mlsignal.errors.RemoteError` whose message is a short reason for
+``ml_info["fallback_reason"]``, with ``attempts`` and ``endpoint`` attributes. The API key
+never appears in a message or a log line.
 
 ``protocol`` (``GPU_INFERENCE_PROTOCOL``) picks what an enhance call sends: by default
 (``auto``), per endpoint, feature windows as binary V2 tensors to a server that lists the
@@ -26,7 +32,8 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -34,7 +41,7 @@ import numpy as np
 
 from mlsignal import wire
 from mlsignal.client import v2
-from mlsignal.client.breaker import BreakerConfig, CircuitBreaker
+from mlsignal.client.breaker import BreakerConfig
 from mlsignal.client.endpoints import (
     base_url,
     check_key,
@@ -43,8 +50,18 @@ from mlsignal.client.endpoints import (
     tls_verify,
     warn_plain_http,
 )
-from mlsignal.client.policy import Clock, Deadline, RetryPolicy, describe_failure, error_text
+from mlsignal.client.health import Health
+from mlsignal.client.policy import (
+    Clock,
+    Deadline,
+    HedgePolicy,
+    RetryPolicy,
+    describe_failure,
+    error_text,
+)
+from mlsignal.client.race import EndpointFailure, Kit, Race
 from mlsignal.client.routing import Route, Router, Send, Wanted, v2_answer
+from mlsignal.client.transport import GuardedTransport, IoGuard
 from mlsignal.config import Settings
 from mlsignal.errors import ConfigError, RemoteError, VersionMismatchError, WireError
 from mlsignal.signature import MODEL_NAME
@@ -56,6 +73,11 @@ log = logging.getLogger(__name__)
 # below uvicorn's default 5 s keep-alive, so we never reuse one the server is closing.
 LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=4.0)
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: Most worker threads of one client (made as needed): attempts and probes in flight, each
+#: ending by its deadline. A call whose attempt finds none free still returns by its deadline.
+WORKERS = 128
+#: What a background probe asks (mlsignal serve, Triton, KServe; any answer below 500 is up).
+PROBE_PATH = "/v2/health/ready"
 
 
 @dataclass(frozen=True)
@@ -73,45 +95,25 @@ class RemoteReply:
     protocol: str = "mlsignal"
 
 
-class _EndpointFailure(Exception):
-    """An attempt failed in a way that counts against the endpoint's circuit."""
-
-    def __init__(self, reason: str, transient: bool, status: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.transient = transient  # worth retrying on the same endpoint
-        self.status = status  # the HTTP status that failed (0: no answer, or a broken one)
-
-
-@dataclass
-class _Run:
-    """The state of one call across its attempts."""
-
-    deadline: Deadline
-    candidates: Sequence[str]
-    gate: bool  # consult the breakers (False: an explicitly named endpoint)
-    attempts: int = 0
-    same_retries: int = 0
-    tried: set[str] = field(default_factory=set)
-    reasons: list[str] = field(default_factory=list)
-
-
 class RemoteClient:
     """Calls ``mlsignal serve`` endpoints with a deadline, retry, fail-over and breakers.
 
     Args:
         urls: base URLs (``http(s)://host:port[/prefix]``), tried in this order.
         api_key: sent as ``Authorization: Bearer <key>``; never logged.
-        timeout_s: the budget of one whole call, all attempts and pauses included.
+        timeout_s: the budget of one whole call, all attempts, hedges and pauses included.
         contract_hash: the local bundle's contract hash; pins the server's model.
         accept_mismatch: use a server whose model differs (no pin is sent).
-        retry: the retry policy (default: 2 attempts, 20 ms jittered backoff).
+        retry: the retry policy (default: 2 attempts, hedges included; 20 ms jittered
+            backoff).
         breaker: the circuit breaker settings, one breaker per URL.
         verify: TLS verification: True, False or the path of a CA bundle.
         clock: monotonic seconds, for deadlines, breakers and latency.
-        transport: an httpx transport (tests use ``httpx.MockTransport``).
+        transport: an httpx transport (tests use ``httpx.MockTransport``); the default
+            bounds every socket operation by the call's deadline.
         rng: the random source of backoff jitter.
         sleep: how to pause before a same-endpoint retry.
+        hedge: when an unanswered attempt is joined by one to the next endpoint.
         protocol: ``mlsignal``, ``v2`` or ``auto`` (see the module docstring); the default
             here is ``mlsignal``, :meth:`from_settings` passes ``GPU_INFERENCE_PROTOCOL``.
         model_name: the V2 model name (``GPU_INFERENCE_MODEL_NAME``, default ``mlsignal``).
@@ -133,6 +135,7 @@ class RemoteClient:
         sleep: Callable[[float], None] = time.sleep,
         protocol: str = "mlsignal",
         model_name: str = MODEL_NAME,
+        hedge: HedgePolicy | None = None,
     ) -> None:
         self.urls = check_urls(urls)
         self.protocol = v2.check_protocol(protocol)
@@ -145,14 +148,28 @@ class RemoteClient:
         self.retry = retry or RetryPolicy()
         self._key = check_key(api_key)
         self._clock, self._sleep, self._rng = clock, sleep, rng or random.Random()
-        self._breakers = {u: CircuitBreaker(u, breaker, clock) for u in self.urls}
+        verified = tls_verify(verify)  # a bad CA bundle fails here, whatever the transport
         self._closed = False
         self._router = Router(self._get, self._judge)
+        self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="mlsignal-remote")
+        self._health = Health(
+            self.urls, breaker, hedge or HedgePolicy(), clock, self._probe, self._workers.submit
+        )
+        self._breakers = self._health.breakers
+        self._kit = Kit(
+            self._health,
+            self.retry,
+            self._workers,
+            self.timeout_s,
+            self._router.forget,
+            self._fail,
+            sleep,
+            self._rng,
+            clock,
+        )
         self._http = httpx.Client(
             headers=default_headers(self._key),
-            verify=tls_verify(verify),
-            limits=LIMITS,
-            transport=transport,
+            transport=transport or GuardedTransport(verified, LIMITS),
             trust_env=False,  # no proxy or CA bundle picked up silently from the environment
             follow_redirects=False,
         )
@@ -176,10 +193,14 @@ class RemoteClient:
         self,
         body: dict[str, Any] | Callable[[], dict[str, Any]] | None,
         windows: Callable[[], np.ndarray] | None = None,
+        deadline: Deadline | None = None,
     ) -> RemoteReply:
         """One enhance call: the same symbols as ``/v1/enhance`` bars (``body``, or a
         callable making it when an endpoint needs it; not mutated) or as feature windows
         (``windows()``, called at most once), whichever each endpoint speaks.
+
+        ``deadline``: the call's (the enhancer's starts when its caller entered
+        ``enhance_*``); default: ``timeout_s`` from now. The call returns or raises by then.
 
         Protocol ``mlsignal``: ``POST /v1/enhance`` with ``body``, the pin and
         ``deadline_ms``. ``auto`` (default) and ``v2``: a V2 endpoint gets the windows at its
@@ -194,13 +215,15 @@ class RemoteClient:
                     RemoteError, "enhance needs a body with protocol mlsignal", 0, None
                 )
             doc = body() if callable(body) else body
-            return self._call("POST", "/v1/enhance", self._pin(dict(doc)), send_deadline=True)
-        return self._routed(body, windows)
+            return self._call(
+                "POST", "/v1/enhance", self._pin(dict(doc)), send_deadline=True, deadline=deadline
+            )
+        return self._routed(body, windows, deadline)
 
-    def infer(self, windows: np.ndarray) -> RemoteReply:
+    def infer(self, windows: np.ndarray, deadline: Deadline | None = None) -> RemoteReply:
         """V2 ``infer`` of feature windows ``(B, T, F)`` at any endpoint (whatever
         ``protocol`` says): the model checked and pinned as for an enhance call."""
-        return self._routed(None, lambda: windows)
+        return self._routed(None, lambda: windows, deadline)
 
     def endpoint_protocols(self) -> dict[str, str]:
         """URL -> what it was found to speak (``mlsignal``, ``v2``, ``v2-binary``) or
@@ -230,8 +253,11 @@ class RemoteClient:
         return {u: b.state for u, b in self._breakers.items()}
 
     def close(self) -> None:
-        """Close pooled connections; later calls raise :class:`RemoteError`."""
+        """Close pooled connections and stop probing; later calls raise
+        :class:`RemoteError`."""
         self._closed = True
+        self._health.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
     def __enter__(self) -> RemoteClient:
@@ -243,7 +269,7 @@ class RemoteClient:
     def __repr__(self) -> str:  # never show the key
         return f"RemoteClient(urls={self.urls!r}, timeout_s={self.timeout_s})"
 
-    # --- one call: attempts, fail-over and backoff, all inside one deadline ----------------
+    # --- one call: attempts, hedges, fail-over and backoff, all inside one deadline ---------
     def _call(
         self,
         method: str,
@@ -253,8 +279,9 @@ class RemoteClient:
         send_deadline: bool = False,
         check_pin: bool = True,
         only: str | None = None,
+        deadline: Deadline | None = None,
     ) -> RemoteReply:
-        deadline = Deadline(self.timeout_s, self._clock)
+        deadline = deadline or Deadline(self.timeout_s, self._clock)
         if self._closed:
             raise self._fail(RemoteError, "remote client is closed", 0, None)
         send = Send(method, path, *self._encode(doc, send_deadline))
@@ -268,49 +295,33 @@ class RemoteClient:
         check_pin: bool = True,
         only: str | None = None,
     ) -> RemoteReply:
-        """Attempts, fail-over and backoff inside ``deadline``; ``route(url, deadline)`` says
-        what to send to ``url`` (it may ask the endpoint first: probes, metadata)."""
-        run = _Run(deadline, (only,) if only else self.urls, not only)
-        url = self._next_endpoint(run)
-        if url is None:  # no I/O at all: the caller falls back at once
-            raise self._fail(RemoteError, self._all_open(), 0, None)
-        while True:
-            run.attempts += 1
-            run.tried.add(url)
-            try:
-                send = route(url, run.deadline)
-                answer = self._attempt(url, send, run.deadline)
-            except _EndpointFailure as f:
-                if not f.status:  # no answer: the server may come back as another one
-                    self._router.forget(url)
-                self._breakers[url].record_failure(f.reason)
-                run.reasons.append(f.reason)
-                nxt = self._retry_to(url, f, run)
-                if nxt is None:
-                    raise self._fail(RemoteError, _summary(run), run.attempts, url) from None
-                url = nxt
-                continue
-            except RemoteError as e:  # a 4xx: the server is up and said no
-                self._router.forget(url)  # ask again next time: it may have changed
-                self._breakers[url].record_success()
-                raise self._fail(type(e), str(e), run.attempts, url) from None
-            self._breakers[url].record_success()
-            if send.target is not None:
-                ms = run.deadline.elapsed_s() * 1e3
-                return RemoteReply(answer, url, run.attempts, ms, send.target.protocol)
-            if check_pin:
-                self._check_pin(answer, url, run.attempts)
-            return RemoteReply(answer, url, run.attempts, run.deadline.elapsed_s() * 1e3)
+        """Attempts, hedges, fail-over and backoff inside ``deadline``; ``route(url,
+        deadline)`` says what to send to ``url`` (it may ask the endpoint first: probes,
+        metadata). Runs the attempts on worker threads (:mod:`mlsignal.client.race`)."""
+
+        def attempt(url: str, dl: Deadline) -> tuple[dict[str, Any], Send]:
+            send = route(url, dl)
+            return self._attempt(url, send, dl), send
+
+        candidates = (only,) if only else self.urls
+        won = Race(self._kit, attempt, deadline, candidates, gate=not only).run()
+        ms = deadline.elapsed_s() * 1e3
+        if won.send.target is not None:
+            return RemoteReply(won.answer, won.url, won.attempts, ms, won.send.target.protocol)
+        if check_pin:
+            self._check_pin(won.answer, won.url, won.attempts)
+        return RemoteReply(won.answer, won.url, won.attempts, ms)
 
     # --- protocols: the routed (auto, v2) call ----------------------------------------------
     def _routed(
         self,
         body: dict[str, Any] | Callable[[], dict[str, Any]] | None,
         windows: Callable[[], np.ndarray] | None,
+        deadline: Deadline | None = None,
     ) -> RemoteReply:
         """One call that sends bars to mlsignal endpoints and windows to V2 endpoints; the
         bars' body is made only if an endpoint speaks mlsignal."""
-        deadline = Deadline(self.timeout_s, self._clock)
+        deadline = deadline or Deadline(self.timeout_s, self._clock)
         if self._closed:
             raise self._fail(RemoteError, "remote client is closed", 0, None)
         v1: Callable[[], Send] | None = None
@@ -330,31 +341,7 @@ class RemoteClient:
         try:
             return v2_answer(raw, length, send.target, send.n, url)
         except WireError as e:
-            raise _EndpointFailure(f"malformed V2 response from {url}: {e}", False) from None
-
-    def _next_endpoint(self, run: _Run) -> str | None:
-        """The first untried endpoint whose breaker allows a call (this takes a probe)."""
-        for u in run.candidates:
-            if u not in run.tried and (not run.gate or self._breakers[u].allow()):
-                return u
-        return None
-
-    def _retry_to(self, url: str, failure: _EndpointFailure, run: _Run) -> str | None:
-        """Where the next attempt goes (after any pause), or None to give up."""
-        min_s = self.retry.min_attempt_s
-        if run.attempts >= self.retry.max_attempts or run.deadline.expired(min_s):
-            return None
-        other = self._next_endpoint(run)
-        if other is not None:
-            return other  # fail-over: no pause
-        if not failure.transient:
-            return None  # a 500 or a broken answer: never again on the same server
-        pause = self.retry.pause_before_retry(run.same_retries, run.deadline, self._rng)
-        if pause is None or (run.gate and not self._breakers[url].allow()):
-            return None
-        self._sleep(pause)
-        run.same_retries += 1
-        return None if run.deadline.expired(min_s) else url
+            raise EndpointFailure(f"malformed V2 response from {url}: {e}", False) from None
 
     def _attempt(self, url: str, send: Send, deadline: Deadline) -> dict[str, Any]:
         """One HTTP exchange of ``send`` with ``url`` in what is left of ``deadline``; judged
@@ -366,10 +353,10 @@ class RemoteClient:
 
     def _exchange(self, url: str, send: Send, deadline: Deadline) -> tuple[int, bytes, str | None]:
         """One HTTP exchange: ``(status, body, Inference-Header-Content-Length)``, or
-        :class:`_EndpointFailure` without one."""
+        :class:`EndpointFailure` without one."""
         budget = deadline.remaining_s()
         if budget <= 0:  # probes or local work (the windows) used it up: ask nothing more
-            raise _EndpointFailure(f"timeout after {self.timeout_s} s at {url}", False)
+            raise EndpointFailure(f"timeout after {self.timeout_s} s at {url}", False)
         body, headers = send.body, None
         if send.infer is not None:  # the server may drop work past our budget (µs)
             body, headers = send.infer.body(timeout_us=max(1, int(budget * 1e6)))
@@ -389,14 +376,30 @@ class RemoteClient:
                 response.close()
         except httpx.HTTPError as e:
             reason = self._scrub(describe_failure(e, url, self.timeout_s))
-            raise _EndpointFailure(reason, self.retry.should_retry(e)) from None
-        except _EndpointFailure:
+            raise EndpointFailure(reason, self.retry.should_retry(e)) from None
+        except EndpointFailure:
             raise
         except Exception as e:  # never crash the trading loop: fall back, say why
             log.debug("unexpected error calling %s", url, exc_info=True)
             reason = self._scrub(f"{type(e).__name__} at {url}: {e}")
-            raise _EndpointFailure(reason, False) from None
+            raise EndpointFailure(reason, False) from None
         return response.status_code, raw, response.headers.get(HEADER_LENGTH)
+
+    def _probe(self, url: str) -> None:
+        """A background probe of ``url`` (on a worker thread, within ``timeout_s``): any
+        answer below 500 closes its circuit; none, or a 5xx, keeps it open."""
+        deadline = Deadline(self.timeout_s, self._clock)
+        try:
+            with IoGuard(time.monotonic() + self.timeout_s).active():
+                status = self._exchange(url, Send("GET", PROBE_PATH, None), deadline)[0]
+        except EndpointFailure as f:
+            self._router.forget(url)
+            self._health.record_failure(url, f"probe: {f.reason}")
+            return
+        if status >= 500:
+            self._health.record_failure(url, f"probe: HTTP {status} at {url}")
+        else:
+            self._health.record_success(url)
 
     def _get(self, url: str, path: str, deadline: Deadline) -> tuple[int, bytes]:
         """A probe or metadata read of the router, inside the call's deadline."""
@@ -411,7 +414,7 @@ class RemoteClient:
             except WireError:
                 doc = None
             if not isinstance(doc, dict):
-                raise _EndpointFailure(f"malformed response from {url}: not a JSON object", False)
+                raise EndpointFailure(f"malformed response from {url}: not a JSON object", False)
             return doc
         text = self._scrub(error_text(raw, status))
         if status in (401, 403):
@@ -425,7 +428,7 @@ class RemoteClient:
             raise RemoteError(f"{url} rejected the request: {status} {text}")
         if status >= 500:
             transient = self.retry.should_retry(status)
-            raise _EndpointFailure(f"HTTP {status} at {url}: {text}", transient, status)
+            raise EndpointFailure(f"HTTP {status} at {url}: {text}", transient, status)
         raise RemoteError(f"unexpected HTTP {status} from {url}")
 
     # --- helpers ---------------------------------------------------------------------------
@@ -465,10 +468,6 @@ class RemoteClient:
         )
         raise self._fail(VersionMismatchError, message, attempts, url)
 
-    def _all_open(self) -> str:
-        # Stable text (no countdown): it becomes ml_info["fallback_reason"] bar after bar.
-        return f"circuit open for every endpoint: {', '.join(self.urls)}"
-
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
@@ -483,16 +482,11 @@ def _read(response: httpx.Response, deadline: Deadline, url: str) -> bytes:
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
-            raise _EndpointFailure(f"response from {url} is over {MAX_RESPONSE_BYTES} B", False)
+            raise EndpointFailure(f"response from {url} is over {MAX_RESPONSE_BYTES} B", False)
         chunks.append(chunk)
         if deadline.expired():  # a server trickling bytes does not stretch the deadline
             raise httpx.ReadTimeout("deadline passed while reading", request=response.request)
     return b"".join(chunks)
-
-
-def _summary(run: _Run) -> str:
-    text = "; ".join(dict.fromkeys(run.reasons))
-    return f"{text} ({run.attempts} attempts)" if run.attempts > 1 else text
 
 
 def _with_deadline(body: bytes, ms: int) -> bytes:

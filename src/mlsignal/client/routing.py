@@ -13,6 +13,7 @@ The rules themselves are in :mod:`mlsignal.client.v2`, the bodies in :mod:`mlsig
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -94,21 +95,26 @@ class Router:
     ) -> Route:
         """One call's route: ``v1`` (bars, if any; a callable is called at most once) to
         mlsignal endpoints, ``windows()`` (called at most once) to V2 endpoints, encoded
-        once per encoding (binary or JSON tensors) the call needs."""
+        once per encoding (binary or JSON tensors) the call needs. Safe to call from the
+        threads of concurrent (hedged) attempts."""
         made: dict[Any, Any] = {}  # "v1" -> Send; "shape" -> tuple; bool -> EncodedInfer
+        lock = threading.Lock()  # what is made once per call, whichever attempt needs it first
 
         def route(url: str, dl: Deadline) -> Send:
             if v1 is not None and self._detect(url, dl, want) == v2.MLSIGNAL:
-                if "v1" not in made:
-                    made["v1"] = v1 if isinstance(v1, Send) else v1()
+                with lock:
+                    if "v1" not in made:
+                        made["v1"] = v1 if isinstance(v1, Send) else v1()
                 return made["v1"]
             target = self._target(url, dl, want)
             if windows is None:
                 raise RemoteError(f"{url} speaks only V2; this call has no windows to send")
-            if target.binary not in made:
-                if "array" not in made:
-                    made["array"] = windows()
-                made[target.binary], made["shape"] = encode_windows(made["array"], target.binary)
+            with lock:
+                if target.binary not in made:
+                    if "array" not in made:
+                        made["array"] = windows()
+                    encoded = encode_windows(made["array"], target.binary)
+                    made[target.binary], made["shape"] = encoded
             shape = made["shape"]
             if tuple(shape[1:]) != target.window:
                 raise RemoteError(
