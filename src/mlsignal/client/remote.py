@@ -5,14 +5,14 @@ transient failure (connect error, timeout, 502/503/504) moves to the next endpoi
 retries the same one after a jittered pause when there is no other; a 500 may fail over but
 is never retried on the same server; a 4xx is final. An endpoint that has not answered
 within its recent p95 (bounded) is joined by a hedge to the next one, and the first good
-answer wins. All of it runs inside one absolute deadline of ``timeout_s`` (set when the
-caller entered ``enhance_*`` when it passes one): the call returns by then whatever a server
-does (:mod:`mlsignal.client.race` says how: attempts on worker threads, sockets bounded and
-cancelled by :mod:`mlsignal.client.transport`). Open circuits are probed in the background
-(:mod:`mlsignal.client.health`), never on a caller's call. Every failure reaches the caller
-as a :class:`~mlsignal.errors.RemoteError` whose message is a short reason for
-``ml_info["fallback_reason"]``, with ``attempts`` and ``endpoint`` attributes. The API key
-never appears in a message or a log line.
+answer wins. All of it runs inside one absolute deadline, ``timeout_s`` long (the caller's
+when it passes one: the enhancer's starts when its caller entered ``enhance_*``); the call
+returns by then whatever a server does (:mod:`mlsignal.client.race` says how: attempts on
+worker threads, sockets bounded and cancelled by :mod:`mlsignal.client.transport`). Open
+circuits are probed in the background (:mod:`mlsignal.client.health`), never on a caller's
+call. Every failure reaches the caller as a :class:`~mlsignal.errors.RemoteError` whose
+message is a short reason for ``ml_info["fallback_reason"]``, with ``attempts`` and
+``endpoint`` attributes. The API key never appears in a message or a log line.
 
 ``protocol`` (``GPU_INFERENCE_PROTOCOL``) picks what an enhance call sends: by default
 (``auto``), per endpoint, feature windows as binary V2 tensors to a server that lists the
