@@ -99,9 +99,10 @@ def test_overload_is_refused_at_once_and_every_answer_keeps_its_deadline(
     assert all(ra == "1" for s, _, ra in answers if s == 503)
     slowest = max(dt for _, dt, _ in answers)
     # every request got its answer (200, 503 or 504) by its deadline, with room for a
-    # loaded 2-core machine's scheduling (the server answers 504 at the deadline itself)
-    assert slowest < deadline_ms / 1e3 + 1.0 + capacity_s, (slowest, capacity_s)
-    assert max(probes) < 1.0, probes  # liveness answers under overload
+    # loaded 2-core machine's scheduling of these 40 client threads (the server answers
+    # 504 at the deadline itself; without admission the last answer came after ~7 s here)
+    assert slowest < deadline_ms / 1e3 + 2.0 + capacity_s, (slowest, capacity_s)
+    assert max(probes) < 2.0, probes  # liveness answers under overload
     # and it recovers at once
     assert httpx.post(f"{server.url}/v1/enhance", content=body, timeout=30).status_code == 200
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
