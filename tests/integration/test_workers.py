@@ -100,7 +100,8 @@ def test_overload_is_refused_at_once_and_every_answer_keeps_its_deadline(
     slowest = max(dt for _, dt, _ in answers)
     # every request got its answer (200, 503 or 504) by its deadline, with room for a
     # loaded 2-core machine's scheduling of these 40 client threads (the server answers
-    # 504 at the deadline itself; without admission the last answer came after ~7 s here)
+    # 504 at the deadline itself; without admission every request queues for the one
+    # prepare thread and the last answers come seconds after their deadline)
     assert slowest < deadline_ms / 1e3 + 2.0 + capacity_s, (slowest, capacity_s)
     assert max(probes) < 2.0, probes  # liveness answers under overload
     # and it recovers at once
