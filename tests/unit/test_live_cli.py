@@ -71,8 +71,31 @@ def test_help_documents_the_source_syntax(capsys):
     assert e.value.code == 0
     for text in ("replay:ENTRY", "follow:FILE", "ccxt:EXCHANGE:TIMEFRAME", "--bar-deadline-ms"):
         assert text in out
+    for text in ("--strict", "table 'rejected'", "rejected.jsonl", "Exit 3"):
+        assert text in out
 
 
 def test_the_live_package_imports_without_torch():
     code = "import sys, mlsignal.live, mlsignal.cli.live; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_jsonl_sink_quarantines_bad_rows_in_a_file_next_to_the_db(
+    tiny_bundle, csv, tmp_path, capsys
+):
+    lines = csv.read_text().splitlines(keepends=True)
+    src = tmp_path / "spx.csv"
+    src.write_text("".join([*lines[:-2], "2012-12-19,abc,1,1,1,1\n", *lines[-2:]]))
+    argv = [
+        "live", "--bundle", str(tiny_bundle), "--source", str(src), "--device", "cpu",
+        "--db", str(tmp_path / "live.db"), "--sink", "jsonl",
+    ]  # fmt: skip
+    for _ in range(2):  # JSON lines keep no resume point: the second run replays it all
+        assert main(argv) == 0
+        out, _ = capsys.readouterr()
+        assert len(out.splitlines()) == 6
+    docs = [json.loads(x) for x in (tmp_path / "live.rejected.jsonl").read_text().splitlines()]
+    assert [(d["source"], d["line"], d["reason"]) for d in docs] == [
+        (str(src), len(lines) - 1, "open 'abc' is not a number")
+    ]
+    assert not (tmp_path / "live.db").exists()

@@ -52,11 +52,11 @@ def test_samples_are_sources_too():
     assert list(data) == ["nasdaq"] and len(data["nasdaq"]) > 5000
 
 
-def test_loading_errors_name_the_file_symbol_and_row(tmp_path, spx):
+def test_loading_errors_name_the_file_and_line(tmp_path, spx):
     bad = spx.reset_index().assign(symbol="AAA")
-    bad.loc[7, "close"] = -1.0
+    bad.loc[7, "close"] = -1.0  # the 8th row: line 9 after the header
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(PriceError, match=r"bad.csv \[AAA\].*row 7.*close"):
+    with pytest.raises(PriceError, match=r"bad\.csv line 9: close -1\.0 is not positive$"):
         load_bars_files([str(tmp_path / "bad.csv")])
     spx.to_csv(tmp_path / "spx.csv")
     with pytest.raises(DataError, match=r"symbol\(s\) nope not in the source"):

@@ -12,6 +12,7 @@ import pytest
 from mlsignal.errors import ConfigError, DataError, TimestampError
 from mlsignal.live.feeds import Resume
 from mlsignal.live.follow import FollowFeed
+from mlsignal.live.rows import Rejection
 
 HEADER = "timestamp,open,high,low,close,volume\n"
 
@@ -90,23 +91,64 @@ def test_rotation_is_logged_and_the_new_file_followed(tmp_path, caplog):
     assert "r.csv was replaced by a new file (rotated)" in caplog.text
 
 
-def test_an_older_bar_appended_is_bad_data(tmp_path):
+def test_bad_lines_are_quarantined_with_their_line_numbers_and_the_rest_goes_on(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text(HEADER + _line(0) + _line(1))  # lines 1-3
+    feed = FollowFeed([path])
+    assert _days(feed.poll()) == [0, 1]
+    _append(
+        path,
+        "2012-12-19,abc,1,1,1,1\n"  # 4: not a number
+        + _line(2)  # 5
+        + "x,y\n"  # 6: two fields
+        + _line(1)  # 7: not after the previous bar
+        + "2024-01-05,100,50,99,100,1\n"  # 8: high below open
+        + _line(5),  # 9
+    )
+    got = feed.poll()
+    bad = [x for x in got if isinstance(x, Rejection)]
+    assert _days([x for x in got if not isinstance(x, Rejection)]) == [2, 5]
+    assert [(r.line, r.raw) for r in bad] == [
+        (4, "2012-12-19,abc,1,1,1,1"),
+        (6, "x,y"),
+        (7, _line(1).strip()),
+        (8, "2024-01-05,100,50,99,100,1"),
+    ]
+    assert [r.reason for r in bad] == [
+        "open 'abc' is not a number",
+        "2 fields where the header has 6",
+        "bar time 2024-01-02 00:00:00 is not after the previous bar 2024-01-03 00:00:00; "
+        "bars must be newer",
+        "high 50.0 is below open 100.0",
+    ]
+    assert {r.source for r in bad} == {str(path)} and {r.symbol for r in bad} == {"q"}
+    _append(path, _line(6))  # line 10: the file goes on
+    assert _days(feed.poll()) == [6]
+    # A restart reads the whole file again: the same lines, the same numbers, no stop.
+    again = FollowFeed([path]).poll()
+    assert [(r.line, r.reason) for r in again if isinstance(r, Rejection)] == [
+        (r.line, r.reason) for r in bad
+    ]
+    assert _days([x for x in again if not isinstance(x, Rejection)]) == [0, 1, 2, 5, 6]
+
+
+def test_strict_stops_at_an_older_bar_naming_the_line(tmp_path):
     path = tmp_path / "o.csv"
     path.write_text(HEADER + _line(5))
-    feed = FollowFeed([path])
+    feed = FollowFeed([path], strict=True)
     feed.poll()
     _append(path, _line(4))
-    with pytest.raises(TimestampError, match=r"o\.csv: o bar at 2024-01-05.*not after"):
+    with pytest.raises(TimestampError, match=r"o\.csv line 3: bar time 2024-01-05.*not after"):
         feed.poll()
 
 
-def test_a_malformed_line_names_the_file(tmp_path):
+def test_strict_stops_at_a_malformed_line_naming_the_file_and_line(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text(HEADER + _line(0))
-    feed = FollowFeed([path])
+    feed = FollowFeed([path], strict=True)
     feed.poll()
     _append(path, "2024-01-02,abc,1,1,1,1\n")
-    with pytest.raises(DataError, match=r"m\.csv .*open 'abc' is not a number"):
+    with pytest.raises(DataError, match=r"m\.csv line 3: open 'abc' is not a number$"):
         feed.poll()
 
 

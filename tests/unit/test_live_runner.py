@@ -12,7 +12,7 @@ import pytest
 
 from mlsignal.enhancer import MLSignalEnhancer
 from mlsignal.errors import ConfigError
-from mlsignal.live import LiveRunner, ReplayFeed, SqliteSink, load_hook
+from mlsignal.live import LiveRunner, ReplayFeed, SinkError, SqliteSink, load_hook
 from mlsignal.live.follow import FollowFeed
 from mlsignal.rules import last_rule_scores
 
@@ -251,3 +251,61 @@ def test_a_bad_bar_is_rejected_and_the_next_good_bar_goes_on(local, data, tmp_pa
     assert (row["enhanced_ss"], row["enhanced_bs"], row["bull_prob"]) == (
         ess, ebs, info["bull_prob"]
     )  # fmt: skip
+    # ... and it is in quarantine with its reason, once, even after a second run.
+    LiveRunner(local, ReplayFeed({"spx": spx}), SqliteSink(tmp_path / "b.db")).run()
+    with closing(sqlite3.connect(tmp_path / "b.db")) as con:
+        (row,) = con.execute("SELECT source, line, symbol, raw, reason FROM rejected").fetchall()
+    o, h, lo, c, v = spx.loc[bad_ts]
+    assert row[:4] == ("spx", None, "spx", f"{bad_ts.isoformat()},{o!r},{h!r},{lo!r},{c!r},{v!r}")
+    assert row[4].startswith(f"high {h!r} is below ")
+
+
+def test_a_database_locked_past_the_busy_timeout_costs_no_bar(local, data, tmp_path):
+    db = tmp_path / "busy.db"
+    sink = SqliteSink(db, busy_timeout_ms=100)  # SQLite's own wait: shorter than the lock
+    other = sqlite3.connect(db, isolation_level=None)
+    lock: dict[str, float] = {}
+
+    def pace(stop, seconds):  # between bar groups: lock after 3 rows, release 1.2 s later
+        if runner.summary.total >= 3 and "at" not in lock:
+            other.execute("BEGIN EXCLUSIVE")
+            lock["at"] = time.monotonic()
+        elif "at" in lock and "free" not in lock and time.monotonic() - lock["at"] > 1.2:
+            other.execute("ROLLBACK")
+            lock["free"], lock["rows"] = time.monotonic(), runner.summary.total
+
+    feed = ReplayFeed({"spx": data["spx"]}, pace_s=0.001, sleep=pace)
+    runner = LiveRunner(local, feed, sink, bar_deadline_ms=200)
+    summary = runner.run()
+    assert "free" in lock and lock["rows"] < N_NEW  # bars went on while it was locked
+    rows = _rows(db)
+    expected = [ts.isoformat() for ts in data["spx"].index[local.min_bars - 1 :]]
+    assert [r["bar_ts"] for r in rows] == expected  # every bar, once
+    stamps = [r["recorded_at"] for r in rows]
+    assert stamps == sorted(stamps)  # committed in bar order
+    assert summary.total == N_NEW and summary.duplicates == 0 and summary.queued >= 2
+
+
+def test_a_lock_that_outlasts_the_run_ends_it_with_an_error_and_loses_nothing(
+    local, data, tmp_path
+):
+    db = tmp_path / "held.db"
+    spx = {"spx": data["spx"]}
+    other = sqlite3.connect(db, isolation_level=None)
+    SqliteSink(db).close()
+    other.execute("BEGIN EXCLUSIVE")
+    runner = LiveRunner(
+        local, ReplayFeed(spx), SqliteSink(db, busy_timeout_ms=20), bar_deadline_ms=50,
+        drain_s=0.3,
+    )  # fmt: skip
+    first = spx["spx"].index[local.min_bars - 1]
+    with pytest.raises(
+        SinkError,
+        match=rf"locked .* still locked after 0.3 s at the end of the "
+        rf"run; {N_NEW} bars not recorded \(from spx {first}\); a restart resumes",
+    ):
+        runner.run()  # fmt: skip
+    other.execute("ROLLBACK")
+    assert _rows(db) == []
+    LiveRunner(local, ReplayFeed(spx), SqliteSink(db)).run()
+    assert len(_rows(db)) == N_NEW

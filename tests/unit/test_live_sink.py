@@ -16,7 +16,17 @@ import pandas as pd
 import pytest
 
 from mlsignal.errors import ConfigError
-from mlsignal.live.sink import COLUMNS, JsonlSink, Record, SqliteSink, TeeSink, to_json
+from mlsignal.live.rows import Rejection
+from mlsignal.live.sink import (
+    COLUMNS,
+    REJECTED_COLUMNS,
+    JsonlSink,
+    Record,
+    SinkBusyError,
+    SqliteSink,
+    TeeSink,
+    to_json,
+)
 
 
 def _record(symbol: str, day: int, source: str = "local", **info) -> Record:
@@ -169,3 +179,51 @@ def test_acknowledged_rows_survive_sigkill(tmp_path):
     sink = SqliteSink(db)  # the database opens cleanly and resumes after the newest bar
     last = sink.last_recorded()
     assert last["A"] == last["B"] >= pd.Timestamp("2020-01-01") + pd.Timedelta(minutes=acked)
+
+
+def test_rejections_are_quarantined_once_each_across_connections(tmp_path):
+    db = tmp_path / "q.db"
+    sink = SqliteSink(db)
+    line = Rejection("/data/spx.csv", 263, "2012-12-19,abc,1,1,1,1", "open 'abc' is not a number")
+    bar = Rejection("BTC/USDT", None, "2024-01-05T00:00:00,1.0,0.5,0.9,1.0,3.0", "high", "BTC/USDT")
+    assert sink.reject([line, bar]) == [line, bar]
+    sink.close()
+    again = SqliteSink(db)  # a restart meets the same line and the same bar again
+    other = Rejection("/data/spx.csv", 264, "x,y", "2 fields where the header has 6")
+    assert again.reject([line, bar, other]) == [other]
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    rows = con.execute("SELECT * FROM rejected ORDER BY rowid").fetchall()
+    assert tuple(rows[0].keys()) == REJECTED_COLUMNS
+    assert [(r["source"], r["line"], r["reason"]) for r in rows] == [
+        ("/data/spx.csv", 263, "open 'abc' is not a number"),
+        ("BTC/USDT", None, "high"),
+        ("/data/spx.csv", 264, "2 fields where the header has 6"),
+    ]
+    assert rows[0]["raw"] == "2012-12-19,abc,1,1,1,1" and rows[0]["rejected_at"].endswith("Z")
+
+
+def test_a_write_lock_held_elsewhere_is_a_busy_error_and_nothing_is_written(tmp_path):
+    db = tmp_path / "b.db"
+    sink = SqliteSink(db, busy_timeout_ms=50)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(SinkBusyError, match=r"b\.db: the database is locked by another"):
+        sink.write([_record("A", 0)])
+    with pytest.raises(SinkBusyError):
+        sink.reject([Rejection("f", 2, "x", "bad")])
+    other.execute("ROLLBACK")
+    assert sink.write([_record("A", 0)]) == 1 and sink.count() == 1
+
+
+def test_jsonl_rejections_go_to_their_own_file_once(tmp_path):
+    path = tmp_path / "live.rejected.jsonl"
+    r1, r2 = Rejection("/f.csv", 3, "a,b", "why"), Rejection("S", None, "c", "why", "S")
+    assert JsonlSink(io.StringIO(), rejected=path).reject([r1]) == [r1]
+    assert JsonlSink(io.StringIO(), rejected=path).reject([r1, r2]) == [r2]  # a restart
+    docs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(d["source"], d["line"], d["raw"], d["symbol"]) for d in docs] == [
+        ("/f.csv", 3, "a,b", None),
+        ("S", None, "c", "S"),
+    ]
+    assert JsonlSink(io.StringIO()).reject([r1]) == [r1]  # no file: only logged

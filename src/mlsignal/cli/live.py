@@ -2,6 +2,12 @@
 
 Restart-safe: it resumes after the last bar recorded in ``--db``. SIGTERM/SIGINT finish the
 bar in progress, close the database and exit 0 with a summary on stderr.
+
+Exit codes: 0 the source ended or a stop was asked; 2 it could not start or met bad input it
+was told to stop on (bad arguments, a database it cannot open, a bad row under ``--strict``);
+3 it ran, and then its database became unusable (disk full, read-only, corrupt, or locked
+for longer than it can queue): one line names the file and what was not recorded, rows
+committed before stay, and a restart resumes after them.
 """
 
 from __future__ import annotations
@@ -36,6 +42,16 @@ recorded: every bar with at least the bundle's min_bars of history (earlier bars
 once, in table 'signals' of --db, keyed (symbol, bar_ts). After a kill, the next run resumes
 at the first bar not recorded. The API key comes from $GPU_INFERENCE_API_KEY or
 --api-key-file, never from the command line.
+
+bad lines: a line of a replayed or followed file that is not a bar (not a number, high below
+low, not after the previous bar, a field too many) is quarantined: logged once with its file
+and line number, kept in table 'rejected' of --db (with --sink jsonl: in DB-NAME.rejected.jsonl
+next to --db), and the run goes on; a restart neither stops on it nor records it twice.
+--strict stops at the first one instead (exit 2, one line naming the file and line).
+
+busy database: a write that finds --db locked by another connection is retried until the
+bar's deadline, then kept in memory and written, in order, before the next bar; nothing is
+lost or written twice. Exit 3: the database became unusable (disk full, read-only).
 """
 
 
@@ -52,6 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", required=True, help="where bars come from (see below)")
     p.add_argument("--follow", action="store_true", help="tail-follow the --source files")
     p.add_argument("--symbols", help="comma-separated symbols (required for ccxt; else a filter)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop (exit 2) at the first bad line of a replayed or followed file instead of "
+        "quarantining it",
+    )
     _add_pacing(p)
     _add_enhancer(p)
     _add_output(p)
@@ -160,9 +182,14 @@ def _sink(args: argparse.Namespace) -> Any:
     kind = "both" if args.jsonl and args.sink == "sqlite" else args.sink
     if kind == "jsonl":
         log.warning("--sink jsonl keeps no state: a restart starts again from the source's start")
-        return JsonlSink()
+        return JsonlSink(rejected=rejected_file(args.db))
     db = SqliteSink(args.db, synchronous=args.db_sync)
     return db if kind == "sqlite" else TeeSink([db, JsonlSink()])
+
+
+def rejected_file(db: str) -> Path:
+    """Where ``--sink jsonl`` quarantines bad lines: ``live.db`` -> ``live.rejected.jsonl``."""
+    return Path(db).with_suffix(".rejected.jsonl")
 
 
 def _enhancer(args: argparse.Namespace) -> Any:
@@ -183,14 +210,19 @@ def _enhancer(args: argparse.Namespace) -> Any:
 
 
 def live(args: argparse.Namespace) -> int:
-    """Run the loop until the source ends or SIGTERM/SIGINT; print the summary to stderr."""
+    """Run the loop until the source ends or SIGTERM/SIGINT; print the summary to stderr.
+
+    Returns 0, or 3 when the sink became unusable (a one-line error on stderr)."""
     from mlsignal.live import LiveRunner, load_hook, make_feed, parse_source
+    from mlsignal.live.sink import SinkError
 
     symbols = [s.strip() for s in (args.symbols or "").split(",") if s.strip()] or None
     if args.history_bars is not None and args.history_bars < 1:
         raise ConfigError("--history-bars must be at least 1")
     spec = parse_source(args.source, follow=args.follow)
-    feed = make_feed(spec, symbols, pace_s=args.pace, speed=args.speed, poll_s=args.poll)
+    feed = make_feed(
+        spec, symbols, pace_s=args.pace, speed=args.speed, poll_s=args.poll, strict=args.strict
+    )
     scores = load_hook(args.scores) if args.scores else None
     enhancer = _enhancer(args)
     sink = None
@@ -206,6 +238,9 @@ def live(args: argparse.Namespace) -> int:
         )
         with _stop_on_signals(runner):
             summary = runner.run()
+    except SinkError as e:  # it ran, then the database failed it: not a usage error
+        print(f"mlsignal live: error: {e}", file=sys.stderr)
+        return 3
     finally:
         if sink is not None:
             sink.close()

@@ -13,9 +13,18 @@
 from __future__ import annotations
 
 from mlsignal.live.feeds import Bar, Feed, ReplayFeed, Resume, load_bars_files
+from mlsignal.live.rows import Rejection
 from mlsignal.live.runner import LiveRunner, LiveSummary
 from mlsignal.live.scores import ScoreFn, load_hook, rule_scores_hook
-from mlsignal.live.sink import JsonlSink, Record, Sink, SqliteSink, TeeSink
+from mlsignal.live.sink import (
+    JsonlSink,
+    Record,
+    Sink,
+    SinkBusyError,
+    SinkError,
+    SqliteSink,
+    TeeSink,
+)
 from mlsignal.live.sources import SourceSpec, make_feed, parse_source
 
 __all__ = [
@@ -25,10 +34,13 @@ __all__ = [
     "LiveRunner",
     "LiveSummary",
     "Record",
+    "Rejection",
     "ReplayFeed",
     "Resume",
     "ScoreFn",
     "Sink",
+    "SinkBusyError",
+    "SinkError",
     "SourceSpec",
     "SqliteSink",
     "TeeSink",

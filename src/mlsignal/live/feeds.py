@@ -5,6 +5,11 @@ A feed is a small protocol (:class:`Feed`): ``ticks(stop, resume)`` yields lists
 bars), each symbol's bars in strictly increasing time order, only closed bars. It returns
 when its data is consumed (replay) or when ``stop`` is set (follow, exchange).
 
+A line a feed cannot read as a bar (``2012-12-19,abc,1,1,1,1``) is not fatal: the feed
+yields it as a :class:`~mlsignal.live.rows.Rejection` (file, line number, the line, the
+reason) among its ticks, the runner records it in the sink's ``rejected`` table, and the
+bars go on (:mod:`.rows`). With ``strict`` a feed raises on it instead.
+
 ``resume`` is a hint: the last bar already recorded per symbol and how many bars of context
 the runner needs before the first new one. A feed may use it to skip old history; the runner
 is correct without it (it never records a bar twice and buffers context itself).
@@ -26,14 +31,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 
-from mlsignal.data import BAR_COLUMNS, SAMPLES, load_sample, normalize_bars
+from mlsignal.data import BAR_COLUMNS, SAMPLES, load_sample
 from mlsignal.data.io import CSV_SUFFIXES, PARQUET_SUFFIXES
 from mlsignal.errors import ConfigError, DataError
+from mlsignal.live.rows import Rejection, bars_of, read_file_rows
 
 log = logging.getLogger(__name__)
 
-#: Column names (any case) that mark a multi-symbol file.
-SYMBOL_COLUMNS: tuple[str, ...] = ("symbol", "ticker")
 BAR_SUFFIXES: tuple[str, ...] = CSV_SUFFIXES + PARQUET_SUFFIXES
 
 
@@ -49,6 +53,11 @@ class Bar(NamedTuple):
     volume: float
 
 
+#: What a feed yields: the bars of one bar time, or lines it quarantined (a tick may mix
+#: both; the runner records the rejections and processes the bars).
+Tick = Sequence[Bar | Rejection]
+
+
 @dataclass(frozen=True)
 class Resume:
     """Where the runner resumes: last recorded bar per symbol, bars of context it needs."""
@@ -60,8 +69,9 @@ class Resume:
 class Feed(Protocol):
     """A source of closed bars; see the module docstring for the contract."""
 
-    def ticks(self, stop: threading.Event, resume: Resume) -> Iterator[list[Bar]]:
-        """Yield groups of closed bars until the data ends or ``stop`` is set."""
+    def ticks(self, stop: threading.Event, resume: Resume) -> Iterator[Tick]:
+        """Yield groups of closed bars (and of quarantined lines) until the data ends or
+        ``stop`` is set."""
         ...
 
     def close(self) -> None:
@@ -94,33 +104,12 @@ def expand_paths(entries: Sequence[str]) -> list[str]:
     return out
 
 
-def split_symbols(raw: pd.DataFrame, default_symbol: str, where: str) -> dict[str, pd.DataFrame]:
-    """Normalise ``raw`` into ``{symbol: bars}``: by its symbol column, else one symbol.
-
-    Errors are prefixed with ``where`` (the path) and, for multi-symbol files, ``[symbol]``;
-    row numbers then count that symbol's rows (0-based).
-    """
-    col = next((c for c in raw.columns if str(c).strip().lower() in SYMBOL_COLUMNS), None)
-    if col is None:
-        return {default_symbol: _normalized(raw, where)}
-    if raw[col].isna().any():
-        pos = int(np.flatnonzero(raw[col].isna().to_numpy())[0])
-        raise DataError(f"{where}: row {pos}: {col} is missing")
-    out = {}
-    for symbol, rows in raw.groupby(raw[col].astype(str).str.strip(), sort=False):
-        out[str(symbol)] = _normalized(rows.drop(columns=[col]), f"{where} [{symbol}]")
-    return out
-
-
-def _normalized(raw: pd.DataFrame, where: str) -> pd.DataFrame:
-    try:
-        return normalize_bars(raw)
-    except DataError as e:
-        raise type(e)(f"{where}: {e}") from e
-
-
-def read_raw(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file as it is (no normalisation); DataError if it cannot."""
+def read_file(
+    path: str | Path, *, strict: bool = True
+) -> tuple[dict[str, pd.DataFrame], list[Rejection]]:
+    """``({symbol: bars}, rejections)`` of one CSV or Parquet file (see :mod:`.rows`): a
+    bad row is quarantined as a :class:`~mlsignal.live.rows.Rejection`, or with ``strict``
+    raises a DataError naming the file and the line."""
     path = Path(path)
     name = path.name.lower()
     if not name.endswith(BAR_SUFFIXES):
@@ -129,31 +118,41 @@ def read_raw(path: str | Path) -> pd.DataFrame:
         )
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    reader = pd.read_csv if name.endswith(CSV_SUFFIXES) else pd.read_parquet
     try:
-        return reader(path)
+        return read_file_rows(path, symbol_of(path), strict=strict)
+    except DataError:
+        raise
     except Exception as exc:  # the readers raise many unrelated types for a bad file
         raise DataError(f"{path}: cannot read bars file: {exc}") from exc
 
 
 def load_bars_files(
-    entries: Sequence[str], symbols: Sequence[str] | None = None
+    entries: Sequence[str],
+    symbols: Sequence[str] | None = None,
+    *,
+    quarantine: list[Rejection] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """``{symbol: bars}`` from sample names, files and directories.
 
     A file with a ``symbol`` (or ``ticker``) column holds many symbols; otherwise the symbol is
     the file name without extension. ``symbols`` keeps only those (each must be present).
+    With a ``quarantine`` list, a bad row is left out and appended to it as a
+    :class:`~mlsignal.live.rows.Rejection` (file, line, text, reason); without one, the first
+    bad row raises.
 
     Raises:
-        DataError: a file cannot be read or holds bad bars (the message names the file and
-            the row), two files give the same symbol, or a wanted symbol is absent.
+        DataError: a file cannot be read or holds a bad row (without ``quarantine``; the
+            message names the file and the line), two files give the same symbol, or a
+            wanted symbol is absent.
     """
     data: dict[str, pd.DataFrame] = {}
+    rejected: list[Rejection] = []
     for entry in expand_paths(entries):
         if entry.strip().lower() in SAMPLES and not Path(entry).exists():
             found = {entry.strip().lower(): load_sample(entry)}
         else:
-            found = split_symbols(read_raw(entry), symbol_of(entry), entry)
+            found, bad = read_file(entry, strict=quarantine is None)
+            rejected += bad
         for symbol, bars in found.items():
             if symbol in data:
                 raise DataError(f"symbol {symbol!r} comes from two sources (second: {entry})")
@@ -165,6 +164,8 @@ def load_bars_files(
         data = {s: data[s] for s in symbols}
     if not data:
         raise DataError("the source holds no bars")
+    if quarantine is not None:
+        quarantine += bars_of(rejected, set(symbols) if symbols else None)
     return data
 
 
@@ -204,6 +205,8 @@ class ReplayFeed:
         speed: alternatively, replay at ``speed`` times real time: the wait between two bar
             times is their time difference divided by ``speed`` (capped at 60 s).
         sleep: injectable wait ``(event, seconds)``; default ``event.wait``.
+        rejections: rows quarantined while loading (:meth:`from_paths`); delivered first,
+            so that the runner records them in its sink.
 
     The run ends when every symbol's bars are delivered.
     """
@@ -215,6 +218,7 @@ class ReplayFeed:
         pace_s: float = 0.0,
         speed: float | None = None,
         sleep: Callable[[threading.Event, float], object] | None = None,
+        rejections: Sequence[Rejection] = (),
     ) -> None:
         if pace_s < 0 or (speed is not None and speed <= 0):
             raise ConfigError(f"pace must be >= 0 and speed > 0, got pace={pace_s} speed={speed}")
@@ -227,16 +231,28 @@ class ReplayFeed:
         self.pace_s = pace_s
         self.speed = speed
         self._sleep = sleep or (lambda ev, s: ev.wait(s))
+        self.rejections = list(rejections)
 
     @classmethod
     def from_paths(
-        cls, entries: Sequence[str], symbols: Sequence[str] | None = None, **kw: object
+        cls,
+        entries: Sequence[str],
+        symbols: Sequence[str] | None = None,
+        *,
+        strict: bool = False,
+        **kw: object,
     ) -> ReplayFeed:
-        """Load files / samples / directories (see :func:`load_bars_files`) and replay them."""
-        return cls(load_bars_files(entries, symbols), **kw)  # type: ignore[arg-type]
+        """Load files / samples / directories (see :func:`load_bars_files`) and replay them;
+        a bad row is quarantined (delivered as a rejection), or with ``strict`` raises."""
+        rejected: list[Rejection] | None = None if strict else []
+        data = load_bars_files(entries, symbols, quarantine=rejected)
+        return cls(data, rejections=rejected or (), **kw)  # type: ignore[arg-type]
 
-    def ticks(self, stop: threading.Event, resume: Resume) -> Iterator[list[Bar]]:
-        """Yield bar-time groups from the first bar each symbol needs, pacing between them."""
+    def ticks(self, stop: threading.Event, resume: Resume) -> Iterator[Tick]:
+        """Yield the quarantined rows, then bar-time groups from the first bar each symbol
+        needs, pacing between them."""
+        if self.rejections:
+            yield list(self.rejections)
         bars: list[Bar] = []
         for symbol, frame in self.data.items():
             start = context_start(frame.index, resume.last.get(symbol), resume.context_bars)

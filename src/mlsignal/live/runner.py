@@ -18,9 +18,22 @@ Restart: :meth:`LiveRunner.run` reads the last recorded bar per symbol from the 
 passes it to the feed with the context it needs (``history_bars``); bars at or before it only
 refill the symbol's stream.
 
-A bar that fails validation (a NaN price, high below close) is not added: it is logged,
-counted as ``rejected`` and never recorded; the symbol's next good bar goes on from the bars
-before it. A bar not later than the symbol's last is counted as a duplicate and ignored.
+Quarantine: a line the feed could not read as a bar comes as a
+:class:`~mlsignal.live.rows.Rejection` among the feed's ticks; a bar that fails validation
+here (a NaN price, high below close: possible from an exchange or a frame in memory) becomes
+one too, and is not added: the symbol's next good bar goes on from the bars before it. Both
+are counted as ``rejected``, written to the sink's ``rejected`` table with the group they
+came with, and logged once, when they are new there (a restart that reads the same line
+again neither logs nor records it twice). A bar not later than the symbol's last is counted
+as a duplicate and ignored.
+
+Writing: each group goes through a :class:`~mlsignal.live.writer.SinkWriter` with the bar's
+deadline (``bar_deadline_ms``, counted from the group's arrival, or
+:data:`DEFAULT_WRITE_BUDGET_S`). A database locked by another connection past it keeps the
+group queued in memory and the loop goes on; the queue is written, in order, before the next
+group. At the end of the run what is still queued gets ``drain_s`` (after :meth:`stop`: the
+bar's deadline). A sink that stays unusable ends the run with a
+:class:`~mlsignal.live.sink.SinkError` naming what was not recorded.
 
 Per-bar deadline: with ``bar_deadline_ms`` the forward pass runs on a worker thread (the
 group is prepared before, on the loop's thread) and the loop waits at most that long.
@@ -41,7 +54,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -51,13 +64,22 @@ import pandas as pd
 
 from mlsignal.errors import ConfigError, DataError
 from mlsignal.features import FeatureStreams
-from mlsignal.live.feeds import Bar, Feed, Resume
+from mlsignal.live.feeds import Bar, Feed, Resume, Tick
+from mlsignal.live.rows import Rejection
 from mlsignal.live.scores import ScoreFn, call_hook, rule_scores_hook
 from mlsignal.live.sink import Record, Sink
+from mlsignal.live.writer import Batch, SinkWriter
 from mlsignal.pipeline import Prepared, SignalResult, finish, prepare_stream
 from mlsignal.rules import last_score
 
 log = logging.getLogger(__name__)
+
+#: How long a group's write may wait for a busy database when there is no bar deadline.
+DEFAULT_WRITE_BUDGET_S = 10.0
+#: How long the queued groups may wait for a busy database when the feed has ended.
+DEFAULT_DRAIN_S = 60.0
+#: Quarantined lines logged one by one per run; past it, once, that more were.
+LOG_REJECTIONS = 100
 
 
 @dataclass
@@ -69,7 +91,9 @@ class LiveSummary:
     warmup: Counter[str] = field(default_factory=Counter)  # bars with too little history
     already_recorded: int = 0  # bars at or before the resume point (context only)
     duplicates: int = 0  # bars the feed repeated or the sink already had
-    rejected: int = 0  # bars that failed validation (not added, not recorded)
+    rejected: int = 0  # lines and bars quarantined (not added, not recorded)
+    rejected_new: int = 0  # of those, new in the sink's rejected table
+    queued: int = 0  # groups that waited in memory for a busy database (none lost)
     deadline_misses: int = 0
     errors: int = 0
     late_answers: int = 0  # enhancer answers that came after their bar was recorded
@@ -90,7 +114,8 @@ class LiveSummary:
         )
         out.append(
             f"warm-up {sum(self.warmup.values())}, already recorded {self.already_recorded}, "
-            f"duplicates {self.duplicates}, rejected {self.rejected}, "
+            f"duplicates {self.duplicates}, rejected {self.rejected} "
+            f"({self.rejected_new} new in quarantine), queued for a busy sink {self.queued}, "
             f"deadline misses {self.deadline_misses}, "
             f"late answers discarded {self.late_answers}, enhancer errors {self.errors}"
         )
@@ -137,6 +162,8 @@ class LiveRunner:
             as the enhancer takes (its own remote timeout and fallback still apply).
         history_bars: bars kept per symbol and given to the score hook (at least
             ``min_bars``, the default).
+        drain_s: how long the groups still queued for a busy sink may wait when the feed
+            ends (see the module docstring).
     """
 
     def __init__(
@@ -148,6 +175,7 @@ class LiveRunner:
         scores: ScoreFn | None = None,
         bar_deadline_ms: float | None = None,
         history_bars: int | None = None,
+        drain_s: float = DEFAULT_DRAIN_S,
     ) -> None:
         if bar_deadline_ms is not None and not bar_deadline_ms > 0:
             raise ConfigError(
@@ -160,6 +188,9 @@ class LiveRunner:
         self.min_bars = int(enhancer.min_bars)
         self.keep = max(self.min_bars, history_bars or 0)
         self.deadline_s = None if bar_deadline_ms is None else bar_deadline_ms / 1e3
+        self.write_budget_s = self.deadline_s or DEFAULT_WRITE_BUDGET_S
+        self.drain_s = drain_s
+        self.writer = SinkWriter(sink)
         self.summary = LiveSummary()
         self._stop = threading.Event()
         #: The last ``keep`` bars of each symbol (a run starts empty: resume refills them).
@@ -192,43 +223,76 @@ class LiveRunner:
                 if self._stop.is_set():
                     log.info("stop requested: finished the current bar, shutting down")
                     break
+            if self.writer.pending:
+                budget = self.write_budget_s if self._stop.is_set() else self.drain_s
+                self._count(self.writer.drain(budget))
         finally:
             self.feed.close()
             if self._worker is not None:
                 self._worker.close()
             self.summary.seconds = time.perf_counter() - t0
-        for line in self.summary.lines():
-            log.info("live summary: %s", line)
+            self.summary.queued = self.writer.queued_groups
+            for line in self.summary.lines():
+                log.info("live summary: %s", line)
         return self.summary
 
     # --- one group of bars -------------------------------------------------------------------
-    def process(self, group: Sequence[Bar]) -> int:
-        """Add, score, enhance and record one group of bars; returns the rows added."""
-        due = [bar for bar in group if self._admit(bar)]
-        if not due:
+    def process(self, group: Tick) -> int:
+        """Add, score, enhance and record one group of bars (and quarantine the rejections
+        that came with it); returns the rows added to the sink now."""
+        t0 = time.monotonic()
+        rejections = [x for x in group if isinstance(x, Rejection)]
+        bars = [x for x in group if not isinstance(x, Rejection)]
+        due = [bar for bar in bars if self._admit(bar, rejections)]
+        self.summary.rejected += len(rejections)
+        records = self._records(due) if due else []
+        if not records and not rejections and not self.writer.pending:
             return 0
+        deadline = t0 + self.write_budget_s
+        if not records and not rejections:
+            written = self.writer.flush(deadline)
+        else:
+            written = self.writer.put(Batch(records, rejections), deadline)
+        return self._count(written)
+
+    def _records(self, due: list[Bar]) -> list[Record]:
         bundle = self.enhancer.bundle
         prepared = [
             prepare_stream(bundle, bar.symbol, self.streams[bar.symbol], *self._scores(bar.symbol))
             for bar in due
         ]
         results = self._enhance(prepared)
-        records = [
+        return [
             Record(bar.symbol, bar.ts, bar.close, p.ss, p.bs, r.enhanced_ss, r.enhanced_bs,
                    r.ml_info)
             for bar, p, r in zip(due, prepared, results, strict=True)
         ]  # fmt: skip
-        added = self.sink.write(records)
-        self.summary.duplicates += len(records) - added
-        for rec in records:
-            self._last[rec.symbol] = rec.bar_ts
-            self.summary.recorded[rec.symbol] += 1
-            self.summary.sources[rec.source] += 1
+
+    def _count(self, written: list[Batch]) -> int:
+        """Account for the batches the sink has committed; returns the rows added."""
+        added = 0
+        for batch in written:
+            added += batch.added
+            self.summary.duplicates += len(batch.records) - batch.added
+            for rec in batch.records:
+                self._last[rec.symbol] = rec.bar_ts
+                self.summary.recorded[rec.symbol] += 1
+                self.summary.sources[rec.source] += 1
+            for r in batch.new_rejections:
+                self._log_rejection(r)
         return added
 
-    def _admit(self, bar: Bar) -> bool:
+    def _log_rejection(self, r: Rejection) -> None:
+        self.summary.rejected_new += 1
+        n = self.summary.rejected_new
+        if n <= LOG_REJECTIONS:
+            log.warning("quarantined %s (not a bar, skipped): %s: %r", r.where, r.reason, r.raw)
+        elif n == LOG_REJECTIONS + 1:
+            log.warning("more lines quarantined: not logged one by one (see table 'rejected')")
+
+    def _admit(self, bar: Bar, rejections: list[Rejection]) -> bool:
         """Add ``bar`` to its stream; True when it must be recorded (enough history, not yet
-        recorded). A repeated or invalid bar is not added."""
+        recorded). A repeated bar is not added; an invalid one goes to ``rejections``."""
         stream = self.streams.stream(bar.symbol)
         ns = int(bar.ts.value)
         if stream.last_ns is not None and ns <= stream.last_ns:
@@ -238,8 +302,8 @@ class LiveRunner:
         try:
             stream.append_values(ns, *bar[2:])
         except DataError as e:
-            self.summary.rejected += 1
-            log.error("bar rejected, not recorded: %s", e)
+            reason = str(e).removeprefix(f"{stream.label(ns)}: ")
+            rejections.append(Rejection(bar.symbol, None, bar_text(bar), reason, bar.symbol))
             return False
         if len(stream) < self.min_bars:
             self.summary.warmup[bar.symbol] += 1
@@ -318,3 +382,8 @@ class LiveRunner:
         else:
             log.info("enhancer answering in time again")
         self._failing = reason
+
+
+def bar_text(bar: Bar) -> str:
+    """``2024-01-05T00:00:00,1.0,2.0,0.5,1.5,100.0``: a bar as the ``raw`` of a rejection."""
+    return ",".join([bar.ts.isoformat(), *(repr(float(x)) for x in bar[2:])])

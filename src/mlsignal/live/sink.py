@@ -22,8 +22,28 @@ last checkpoint. Live bars come a few per second at most and the runner commits 
 time for all its symbols, so one fsync per commit is cheap. ``synchronous="normal"`` is
 available where the disk is slow and host crashes are acceptable losses.
 
+**Quarantine**: lines a feed could not read as bars, and bars the runner refused (high below
+low, a NaN price), go into table ``rejected`` of the same database, once each::
+
+    source TEXT        -- the file's absolute path, or the symbol for a bar not from a file
+    line INTEGER       -- the 1-based line in the file (the header is line 1); NULL otherwise
+    symbol TEXT        -- when known
+    raw TEXT           -- the line as read (or the refused bar's values)
+    reason TEXT        -- why it is not a bar
+    rejected_at TEXT   -- when it was first quarantined, ISO 8601 UTC with ms and "Z"
+
+A unique index on ``(source, line, raw)`` keeps a line that a restart reads again from being
+recorded twice.
+
+**A busy database is not an error the loop dies of**: a write that finds another connection
+holding the write lock waits at most ``busy_timeout_ms`` inside SQLite, then raises
+:class:`SinkBusyError`; the runner (:mod:`.writer`) retries it and, past the bar's deadline,
+keeps the group queued in memory. Any other failure to write (disk full, a read-only file, a
+corrupt database) raises :class:`SinkError`, one line naming the file.
+
 :class:`JsonlSink` writes each record as one JSON line to a stream (stdout). It keeps no
-state, so it cannot tell a restart where to resume; use it beside SQLite for that.
+state, so it cannot tell a restart where to resume; use it beside SQLite for that. Its
+rejections go to a JSON-lines file of their own (``rejected``), once each.
 """
 
 from __future__ import annotations
@@ -33,14 +53,16 @@ import math
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import pandas as pd
 
-from mlsignal.errors import ConfigError
+from mlsignal.errors import ConfigError, MLSignalError, UnavailableError
+from mlsignal.live.rows import Rejection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS signals (
@@ -65,6 +87,35 @@ CREATE TABLE IF NOT EXISTS signals (
     PRIMARY KEY (symbol, bar_ts)
 ) WITHOUT ROWID
 """
+
+REJECTED_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS rejected (
+    source      TEXT NOT NULL,
+    line        INTEGER,
+    symbol      TEXT,
+    raw         TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    rejected_at TEXT NOT NULL
+)
+""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS rejected_once ON rejected (source, ifnull(line, -1), raw)",
+)
+REJECTED_COLUMNS: tuple[str, ...] = ("source", "line", "symbol", "raw", "reason", "rejected_at")
+
+#: SQLite result codes (the low byte of ``sqlite_errorcode``) of a lock held elsewhere.
+BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+#: How long opening the database waits for a lock (creating the tables needs one).
+OPEN_BUSY_TIMEOUT_MS = 10_000
+
+
+class SinkError(MLSignalError):
+    """The sink cannot record (disk full, read-only, corrupt): ``mlsignal live`` exits 3."""
+
+
+class SinkBusyError(SinkError, UnavailableError):
+    """Another connection holds the database's write lock: nothing was written; retry."""
+
 
 COLUMNS: tuple[str, ...] = (
     "symbol", "bar_ts", "close", "ss", "bs", "enhanced_ss", "enhanced_bs", "bull_prob",
@@ -148,11 +199,24 @@ def _clean(value: Any) -> Any:
     return str(value)
 
 
+def rejection_row(r: Rejection, rejected_at: str) -> tuple[Any, ...]:
+    """The values of one ``rejected`` row, in :data:`REJECTED_COLUMNS` order."""
+    return (r.source, r.line, r.symbol, r.raw, r.reason, rejected_at)
+
+
 class Sink(Protocol):
-    """Where records go. ``write`` returns how many were new (not already recorded)."""
+    """Where records go. ``write`` returns how many were new (not already recorded).
+
+    Both methods raise :class:`SinkBusyError` when the store is busy for now (nothing was
+    written: retry later) and :class:`SinkError` when it cannot write at all.
+    """
 
     def write(self, records: Sequence[Record]) -> int:
         """Record ``records`` durably before returning; the number actually added."""
+        ...
+
+    def reject(self, rejections: Sequence[Rejection]) -> list[Rejection]:
+        """Quarantine ``rejections``; returns those not quarantined before."""
         ...
 
     def last_recorded(self) -> dict[str, pd.Timestamp]:
@@ -165,16 +229,18 @@ class Sink(Protocol):
 
 
 class SqliteSink:
-    """SQLite table ``signals`` (see the module docstring for schema and guarantees).
+    """SQLite tables ``signals`` and ``rejected`` (see the module docstring).
 
     Args:
         path: the database file (created with its directory if missing).
         synchronous: ``"full"`` (default: survives a host crash) or ``"normal"``.
-        busy_timeout_ms: how long a write waits for another connection's lock.
+        busy_timeout_ms: how long one write waits inside SQLite for another connection's
+            lock before it raises :class:`SinkBusyError` (the runner retries it until the
+            bar's deadline, so this only bounds how far one attempt can overrun it).
     """
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "full", busy_timeout_ms: int = 10_000
+        self, path: str | Path, *, synchronous: str = "full", busy_timeout_ms: int = 200
     ) -> None:
         if synchronous not in SYNC_MODES:
             raise ConfigError(f"synchronous={synchronous!r}; choose one of {', '.join(SYNC_MODES)}")
@@ -182,39 +248,84 @@ class SqliteSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self._db.execute(f"PRAGMA busy_timeout = {OPEN_BUSY_TIMEOUT_MS}")
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             self._db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-            self._db.execute(SCHEMA)
+            for statement in (SCHEMA, *REJECTED_SCHEMA):
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"{self.path}: cannot open the signals database: {e}") from e
         if str(mode).lower() != "wal":
             raise ConfigError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
         marks = ", ".join("?" for _ in COLUMNS)
         self._insert = f"INSERT OR IGNORE INTO signals ({', '.join(COLUMNS)}) VALUES ({marks})"
+        marks = ", ".join("?" for _ in REJECTED_COLUMNS)
+        self._reject = (
+            f"INSERT OR IGNORE INTO rejected ({', '.join(REJECTED_COLUMNS)}) VALUES ({marks})"
+        )
 
     def write(self, records: Sequence[Record]) -> int:
         """Insert ``records`` in one transaction; returns after the commit (rows added)."""
         if not records:
             return 0
         stamp = utc_now()
-        cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            added = 0
+        added = 0
+        with self._transaction() as cur:
             for r in records:
                 cur.execute(self._insert, r.row(stamp))
                 added += cur.rowcount
+        return added
+
+    def reject(self, rejections: Sequence[Rejection]) -> list[Rejection]:
+        """Insert ``rejections`` into ``rejected`` in one transaction; returns the new ones."""
+        if not rejections:
+            return []
+        stamp = utc_now()
+        new = []
+        with self._transaction() as cur:
+            for r in rejections:
+                cur.execute(self._reject, rejection_row(r, stamp))
+                if cur.rowcount:
+                    new.append(r)
+        return new
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error; SQLite errors come
+        out as :class:`SinkBusyError` or :class:`SinkError`."""
+        cur = self._db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            yield cur
             cur.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
+            self._rollback()
+            if isinstance(e, sqlite3.Error):
+                raise self._error(e) from e
+            raise
+
+    def _rollback(self) -> None:
+        try:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise
-        return added
+        except sqlite3.Error:  # the connection is past saving; the error raised says why
+            pass
+
+    def _error(self, e: sqlite3.Error) -> SinkError:
+        code = getattr(e, "sqlite_errorcode", None)
+        if (code is not None and code & 0xFF in BUSY_CODES) or "locked" in str(e):
+            return SinkBusyError(f"{self.path}: the database is locked by another connection")
+        return SinkError(f"{self.path}: cannot write: {e}")
 
     def last_recorded(self) -> dict[str, pd.Timestamp]:
         """``{symbol: newest bar_ts}`` over the whole table."""
-        rows = self._db.execute("SELECT symbol, MAX(bar_ts) FROM signals GROUP BY symbol")
+        try:
+            rows = self._db.execute(
+                "SELECT symbol, MAX(bar_ts) FROM signals GROUP BY symbol"
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise SinkError(f"{self.path}: cannot read the last recorded bars: {e}") from e
         return {symbol: pd.Timestamp(ts) for symbol, ts in rows}
 
     def count(self) -> int:
@@ -223,22 +334,65 @@ class SqliteSink:
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite when the last one closes)."""
-        self._db.close()
+        with suppress(sqlite3.Error):  # a failed final checkpoint: the WAL keeps the commits
+            self._db.close()
 
 
 class JsonlSink:
-    """One JSON object per record and line on ``stream`` (default stdout), flushed per write."""
+    """One JSON object per record and line on ``stream`` (default stdout), flushed per write.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    ``rejected``: a file that gets one JSON object per quarantined line (the columns of the
+    ``rejected`` table), once each across restarts; without it, rejections are only logged.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, rejected: str | Path | None = None) -> None:
         self.stream = stream
+        self.rejected = Path(rejected) if rejected is not None else None
+        self._seen: set[tuple[str, int | None, str]] | None = None
 
     def write(self, records: Sequence[Record]) -> int:
         """Print the records; all count as added (this sink cannot tell duplicates)."""
         out = self.stream or sys.stdout
-        for r in records:
-            out.write(to_json(r.to_dict()) + "\n")
-        out.flush()
+        try:
+            for r in records:
+                out.write(to_json(r.to_dict()) + "\n")
+            out.flush()
+        except OSError as e:
+            raise SinkError(f"cannot write JSON lines: {e}") from e
         return len(records)
+
+    def reject(self, rejections: Sequence[Rejection]) -> list[Rejection]:
+        """Append the rejections not in the ``rejected`` file yet; returns them."""
+        if self.rejected is None:
+            return list(rejections)
+        seen = self._keys()
+        new = [r for r in rejections if r.key() not in seen]
+        if not new:
+            return []
+        stamp = utc_now()
+        lines = "".join(
+            to_json(dict(zip(REJECTED_COLUMNS, rejection_row(r, stamp), strict=True))) + "\n"
+            for r in new
+        )
+        try:
+            with self.rejected.open("a", encoding="utf-8") as f:
+                f.write(lines)
+        except OSError as e:
+            raise SinkError(f"{self.rejected}: cannot write: {e.strerror or e}") from e
+        seen.update(r.key() for r in new)
+        return new
+
+    def _keys(self) -> set[tuple[str, int | None, str]]:
+        if self._seen is None:
+            self._seen = set()
+            if self.rejected is not None and self.rejected.exists():
+                for line in self.rejected.read_text(encoding="utf-8").splitlines():
+                    try:
+                        doc = json.loads(line)
+                        self._seen.add((doc["source"], doc["line"], doc["raw"]))
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line: its rejection is written again
+        return self._seen
 
     def last_recorded(self) -> dict[str, pd.Timestamp]:
         """Nothing: JSON lines keep no state to resume from."""
@@ -246,7 +400,8 @@ class JsonlSink:
 
     def close(self) -> None:
         """Flush the stream."""
-        (self.stream or sys.stdout).flush()
+        with suppress(OSError):
+            (self.stream or sys.stdout).flush()
 
 
 class TeeSink:
@@ -263,6 +418,14 @@ class TeeSink:
         for sink in self.sinks[1:]:
             sink.write(records)
         return added
+
+    def reject(self, rejections: Sequence[Rejection]) -> list[Rejection]:
+        """Quarantine in the first sink; the others get only what was new there."""
+        new = self.sinks[0].reject(rejections)
+        for sink in self.sinks[1:]:
+            if new:
+                sink.reject(new)
+        return new
 
     def last_recorded(self) -> dict[str, pd.Timestamp]:
         """The first sink's resume point."""

@@ -62,16 +62,20 @@ def make_feed(
     pace_s: float = 0.0,
     speed: float | None = None,
     poll_s: float | None = None,
+    strict: bool = False,
 ) -> Feed:
-    """Build the feed a :class:`SourceSpec` names."""
+    """Build the feed a :class:`SourceSpec` names; ``strict``: a bad line in a replayed or
+    followed file raises instead of being quarantined."""
     if spec.kind == "replay":
-        return ReplayFeed.from_paths(spec.entries, symbols, pace_s=pace_s, speed=speed)
+        return ReplayFeed.from_paths(
+            spec.entries, symbols, strict=strict, pace_s=pace_s, speed=speed
+        )
     if pace_s or speed:
         raise ConfigError("--pace and --speed apply to replay sources only")
     if spec.kind == "follow":
         from mlsignal.live.follow import FollowFeed
 
-        return FollowFeed(expand_paths(spec.entries), symbols, poll_s=poll_s or 1.0)
+        return FollowFeed(expand_paths(spec.entries), symbols, poll_s=poll_s or 1.0, strict=strict)
     from mlsignal.live.exchange import CcxtFeed
 
     return CcxtFeed(spec.exchange, spec.timeframe, symbols or (), poll_s=poll_s)
