@@ -12,7 +12,15 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 (re-export)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from mlsignal.server.limits import ASGIApp, Message, Receive, Scope, Send, send_error
+from mlsignal.server.limits import (
+    DISCONNECTED,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,8 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+            if not started and scope.get("mlsignal", {}).get("error_kind") == DISCONNECTED:
+                status = 499  # nginx's "client closed request": nobody to answer
         except Exception:
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
