@@ -62,6 +62,15 @@ class Metrics:
         self.reloads = Counter(
             "mlsignal_reloads_total", "bundle reloads by outcome", ["outcome"], registry=r
         )
+        self.connections_open = Gauge(
+            "mlsignal_connections_open", "open HTTP connections of this process", registry=r
+        )
+        self.connections_closed = Counter(
+            "mlsignal_connections_closed_total",
+            "HTTP connections refused or closed by a connection limit, by reason",
+            ["reason"],
+            registry=r,
+        )
 
     def set_model(self, model_version: str, contract_hash: str, device: str, backend: str) -> None:
         """Point the model info gauge at the model now served."""
