@@ -19,7 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+
+from mlsignal import wire
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +150,63 @@ def test_header_line_count_and_url_limits(srv):
         # under the limits: 20 KiB of headers in 4 KiB lines is served
         fine = {f"X-Fine{i}": "a" * 4000 for i in range(5)}
         assert client.get(url, headers=fine).status_code == 200
+
+
+def _request(path: str, body: bytes = b"", chunked: bool = False) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+    if chunked:
+        return head.encode() + b"Transfer-Encoding: chunked\r\n\r\n"
+    return head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _answers(sock: socket.socket, n: int) -> list[int | None]:
+    """The statuses of the next ``n`` answers (each has a Content-Length)."""
+    data, statuses = b"", []
+    while len(statuses) < n:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        length = [
+            int(ln.split(b":")[1])
+            for ln in head.split(b"\r\n")
+            if ln.lower().startswith(b"content-length:")
+        ]
+        if sep and length and len(rest) >= length[0]:
+            statuses.append(status_of(head))
+            data = rest[length[0] :]
+            continue
+        chunk = sock.recv(65536)
+        assert chunk, (statuses, data[:80])
+        data += chunk
+    return statuses
+
+
+def test_ordinary_requests_pass_in_any_shape_of_reads(srv, tiny_bundle):
+    """Counting header bytes per read never refuses or garbles a legal request: pipelined,
+    headers a byte at a time, a body in small writes or chunks, or a big body in the same
+    read as its headers (past the header limit: the headers end first)."""
+    with np.load(tiny_bundle / "golden.npz") as golden:
+        windows = golden["inputs"].astype(np.float32)
+    big = wire.dumps({"windows": np.concatenate([windows] * 4)[:16]})  # about 300 KiB
+    assert len(big) > 2 * (32 << 10)
+    sock = connect(srv.port, "127.0.5.1")
+    get = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
+    sock.sendall(get * 3)  # pipelined
+    assert _answers(sock, 3) == [200] * 3
+    for byte in get:  # headers one byte per write
+        sock.send(bytes([byte]))
+    assert _answers(sock, 1) == [200]
+    sock.sendall(_request("/v1/predict", big) + get)  # one write: headers, 300 KiB, next request
+    assert _answers(sock, 2) == [200, 200]
+    request = _request("/v1/predict", big)
+    for i in range(0, len(request), 5000):  # a body in small writes
+        sock.sendall(request[i : i + 5000])
+    assert _answers(sock, 1) == [200]
+    sock.sendall(_request("/v1/predict", chunked=True))
+    for i in range(0, len(big), 7000):
+        part = big[i : i + 7000]
+        sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+    sock.sendall(b"0\r\n\r\n")
+    assert _answers(sock, 1) == [200]
+    sock.close()
 
 
 # --- read timeouts ------------------------------------------------------------------------

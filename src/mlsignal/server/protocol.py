@@ -214,6 +214,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._key: str | None = None
         self._admitted = False
         self._refusal: Refusal | None = None
+        limits = self.limits  # read on every request: kept on the instance
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_line = limits.max_header_line_bytes
+        self._max_headers = limits.max_headers
 
     # --- connection ---------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -238,30 +242,38 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """Feed the parser, counting the bytes of a request's line and headers."""
         self._unset_keepalive_if_required()
-        limit = self.limits.max_header_bytes
-        while self._stage != _BODY:
+        if self._stage != _BODY:
+            counted = self._header_bytes + len(data)
+            if counted > self._max_header_bytes:
+                self._cut(data)
+                return
+            self._header_bytes = counted
+        if self._feed(data):
+            self._after_feed()
+
+    def _cut(self, data: bytes) -> None:
+        """A read that takes a request's headers past the limit: feed the parser up to the
+        limit only; if the headers ended by then, the rest is read on (body, next request)."""
+        view = memoryview(data)
+        limit = self._max_header_bytes
+        while len(view) > limit - self._header_bytes:
             room = limit - self._header_bytes
-            if len(data) <= room:
-                self._header_bytes += len(data)
-                break
-            view = memoryview(data)  # cut at the limit: the parser never holds more
-            head, data = view[:room], view[room:]
+            head, view = view[:room], view[room:]
             self._header_bytes = limit
             if not self._feed(head):
                 return
-            if self._stage != _BODY and self._header_bytes >= limit:
+            if self._stage == _BODY:
+                break
+            if self._header_bytes >= limit:  # not reset: these headers never ended
                 self._refuse(HEADERS_TOO_LARGE)
                 return
-        if not self._feed(data):
-            return
-        stage = self._stage
-        if stage != _BODY and self._header_bytes >= limit:
-            self._refuse(HEADERS_TOO_LARGE)
-        elif stage != _WAIT and self._timer is None:
-            self._arm(stage)
+        if self._stage != _BODY:
+            self._header_bytes += len(view)
+        if self._feed(view):
+            self._after_feed()
 
-    def _feed(self, data: Any) -> bool:
-        """Feed ``data`` to the parser; whether the connection is still open after it."""
+    def _feed(self, data: bytes | memoryview) -> bool:
+        """Feed ``data`` to the parser; ``False`` when that refused the request."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -269,29 +281,39 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return False
         except httptools.HttpParserUpgrade:  # no WebSocket here (ws="none"): as uvicorn does
             log.debug("unsupported upgrade request")
-        return not self.transport.is_closing()
+        return True
+
+    def _after_feed(self) -> None:
+        """Refuse headers that reached the limit unfinished; arm the timer of a request whose
+        headers or body are still on their way."""
+        stage = self._stage
+        if stage != _BODY:
+            if self._header_bytes >= self._max_header_bytes:
+                self._refuse(HEADERS_TOO_LARGE)
+            elif stage == _HEAD and self._timer is None:
+                self._arm(_HEAD)
+        elif self._timer is None:
+            self._arm(_BODY)
 
     # --- parser callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._stage = _HEAD
 
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.limits.max_header_line_bytes:
-            self._refusal = URL_TOO_LONG
-            raise _Refused()
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.limits
-        if len(name) + len(value) > limits.max_header_line_bytes or (
-            len(self.headers) >= limits.max_headers
-        ):
+        if len(name) + len(value) > self._max_line or len(self.headers) >= self._max_headers:
             self._refusal = HEADERS_TOO_LARGE
             raise _Refused()
-        super().on_header(name, value)
+        # uvicorn's on_header, inlined: this runs for every header of every request
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if len(self.url) > self._max_line:  # within max_header_bytes: bounded already
+            self._refusal = URL_TOO_LONG
+            raise _Refused()
         self._stage = _BODY
         self._header_bytes = 0
         if self._timer is not None:
