@@ -7,6 +7,8 @@ With ``--workers N`` (N > 1) this process supervises N such servers on one socke
 (:mod:`mlsignal.cli.serve_workers`). ``--grpc-port`` adds the V2 gRPC service
 (:mod:`mlsignal.server.grpc_v2`) to each server process and its event loop: same model,
 batcher, keys and TLS; drained with HTTP (workers share the gRPC port with SO_REUSEPORT).
+HTTP connections go through :mod:`mlsignal.server.protocol` (header size, read timeouts,
+keep-alive, connection caps: nginx-like, before any request handling), in every worker.
 """
 
 from __future__ import annotations
