@@ -76,8 +76,9 @@ def add_enhancer_options(p: argparse.ArgumentParser) -> None:
 
 def add_server_limit_options(p: argparse.ArgumentParser) -> None:
     """``--max-batch --max-wait-ms --max-queue --max-symbols --max-bars --max-body-mb
-    --workers --threads --max-inflight --request-timeout-ms``: the server's processes,
-    limits and batching (:func:`server_config` reads them)."""
+    --workers --threads --max-inflight --request-timeout-ms`` and the connection limits
+    (:func:`add_connection_limit_options`): the server's processes, limits and batching
+    (:func:`server_config` reads them)."""
     p.add_argument(
         "--max-batch",
         type=int,
@@ -138,6 +139,52 @@ def add_server_limit_options(p: argparse.ArgumentParser) -> None:
         help="deadline of a request that brings none (deadline_ms, X-Deadline-Ms), from its "
         "arrival; past it 504 (default: none)",
     )
+    add_connection_limit_options(p)
+
+
+def add_connection_limit_options(p: argparse.ArgumentParser) -> None:
+    """``--max-header-kb --max-header-line-kb --max-headers --header-timeout-s
+    --body-timeout-s --keep-alive-s --max-connections --max-connections-per-client``: the
+    connection layer's nginx-like limits (:mod:`mlsignal.server.protocol`), per process."""
+    g = p.add_argument_group(
+        "connection limits (per process, before any request handling; like nginx's)"
+    )
+    g.add_argument(
+        "--max-header-kb", type=int, default=32,
+        help="request line + headers of one request, KiB; beyond it 431 (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-header-line-kb", type=int, default=8,
+        help="one header line, KiB (431), or the request target (414) (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-headers", type=int, default=100,
+        help="headers in one request; beyond it 431 (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--header-timeout-s", type=float, default=10.0,
+        help="the request line and headers must all arrive within this, from the accept or "
+        "the request's first byte (a total); else 408 and close (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--body-timeout-s", type=float, default=30.0,
+        help="the whole body must arrive within this of the headers' end (a total); else 408 "
+        "and close (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--keep-alive-s", type=float, default=5.0,
+        help="close a kept-alive connection idle this long after an answer (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-connections", type=int, default=1024,
+        help="open connections per process; beyond it 503 and close at once "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-connections-per-client", type=int, default=256,
+        help="open connections per process from one client address (IPv6: its /64); beyond "
+        "it 503 and close at once; 0: no cap, e.g. behind a proxy (default: %(default)s)",
+    )  # fmt: skip
 
 
 def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerConfig:
@@ -156,6 +203,29 @@ def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerCo
         threads=args.threads,
         max_inflight=args.max_inflight,
         default_deadline_ms=getattr(args, "request_timeout_ms", None),
+        **_connection_limits(args),
         inline_windows=getattr(args, "inline_windows", ServerConfig.inline_windows),
         api_keys=keys,
     )
+
+
+#: The connection limits given in KiB on the command line -> their ServerConfig fields (bytes).
+_KIB_FLAGS = {"max_header_kb": "max_header_bytes", "max_header_line_kb": "max_header_line_bytes"}
+
+
+def _connection_limits(args: argparse.Namespace) -> dict[str, int | float]:
+    """The connection layer's fields of :class:`ServerConfig` given on the command line (a
+    command without :func:`add_connection_limit_options` keeps the defaults)."""
+    names = (
+        "max_headers", "header_timeout_s", "body_timeout_s", "keep_alive_s", "max_connections",
+        "max_connections_per_client",
+    )  # fmt: skip
+    fields: dict[str, int | float] = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    for flag, name in _KIB_FLAGS.items():
+        kib = getattr(args, flag, None)
+        if kib is None:
+            continue
+        if kib < 1:  # before the KiB -> bytes: the message shows what was typed
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a whole number >= 1, got {kib}")
+        fields[name] = kib << 10
+    return fields

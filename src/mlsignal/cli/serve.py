@@ -7,6 +7,8 @@ With ``--workers N`` (N > 1) this process supervises N such servers on one socke
 (:mod:`mlsignal.cli.serve_workers`). ``--grpc-port`` adds the V2 gRPC service
 (:mod:`mlsignal.server.grpc_v2`) to each server process and its event loop: same model,
 batcher, keys and TLS; drained with HTTP (workers share the gRPC port with SO_REUSEPORT).
+HTTP connections go through :mod:`mlsignal.server.protocol` (header size, read timeouts,
+keep-alive, connection caps: nginx-like, before any request handling), in every worker.
 """
 
 from __future__ import annotations
@@ -73,6 +75,46 @@ def _server(config: Any, app: Any, grpc: bool) -> Any:
     return Server(config)
 
 
+def _http_protocol(config: ServerConfig, app: Any) -> type:
+    """uvicorn's httptools protocol with this process's connection limits, counted in the
+    app's metrics (:mod:`mlsignal.server.protocol`)."""
+    from mlsignal.server.protocol import ConnectionLimits, protocol_class
+
+    metrics = app.state.services.metrics
+    limits = ConnectionLimits.from_config(
+        config, on_event=lambda reason: metrics.connections_closed.labels(reason).inc()
+    )
+    metrics.connections_open.set_function(lambda: limits.open)
+    _ensure_fds(config.max_connections + FD_SLACK)
+    return protocol_class(limits)
+
+
+#: File descriptors a server process needs besides its connections (bundle, logs, pipes).
+FD_SLACK = 256
+
+
+def _ensure_fds(needed: int) -> None:
+    """Raise the soft open-files limit towards ``needed`` (up to the hard limit), so the
+    connection cap, not EMFILE, is what refuses a flood; warn when it stays lower."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target < needed:
+        log.warning(
+            "open-files limit %d is below --max-connections + %d; raise it (LimitNOFILE=)",
+            target, FD_SLACK,
+        )  # fmt: skip
+
+
 def check_serve_args(args: argparse.Namespace) -> tuple[tuple[bytes, ...], ServerConfig]:
     """Keys, bind address, TLS, gRPC and limits checked before anything loads (a one-line
     error, exit 2); returns the keys and the server's config. Lifecycle lines always show."""
@@ -125,7 +167,9 @@ def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: i
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=_http_protocol(config, app),
+        ws="none",  # no WebSocket routes: an Upgrade never leaves the limited protocol
+        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # a float works
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         log_level="warning",

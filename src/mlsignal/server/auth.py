@@ -15,6 +15,7 @@ KEYS_ENV = "MLSIGNAL_API_KEYS"
 #: Paths answered without a key: liveness, readiness and metrics probes.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 UNAUTHORIZED = "missing or invalid API key"
+_CHALLENGE = {"www-authenticate": 'Bearer realm="mlsignal"', "connection": "close"}
 
 
 def load_keys(
@@ -78,7 +79,8 @@ def key_ok(candidate: bytes | None, keys: Sequence[bytes]) -> bool:
 
 
 class AuthMiddleware:
-    """Pure ASGI: 401 for a missing or wrong key on every path but the public probes."""
+    """Pure ASGI: 401 (and close) for a missing or wrong key on every path but the public
+    probes, before the body is read."""
 
     def __init__(self, app: ASGIApp, keys: Sequence[bytes]) -> None:
         self.app = app
@@ -88,7 +90,7 @@ class AuthMiddleware:
         if scope["type"] == "http" and self.keys and scope["path"] not in PUBLIC_PATHS:
             headers = dict(scope.get("headers", ()))
             if not key_ok(presented_key(headers), self.keys):
-                auth_headers = {"www-authenticate": 'Bearer realm="mlsignal"'}
-                await send_error(scope, send, 401, UNAUTHORIZED, "auth", auth_headers)
+                # closed after the answer: an unauthenticated client holds no connection
+                await send_error(scope, send, 401, UNAUTHORIZED, "auth", _CHALLENGE)
                 return
         await self.app(scope, receive, send)

@@ -2,7 +2,9 @@
 
 The limit is checked twice: a declared ``Content-Length`` above it is refused before a byte
 is read, and the bytes actually received are counted (chunked uploads declare nothing). The
-body is read here, up to the limit, and replayed to the app, so no handler ever sees more.
+body is read here, up to the limit, and replayed to the app, so no handler ever sees more;
+a body cut short by a disconnect (or the body read timeout of
+:mod:`mlsignal.server.protocol`) never reaches a handler.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+#: The error kind of a request whose client left before its body was read (counted as 499).
+DISCONNECTED = "disconnected"
 
 
 def note_error(scope: Scope, kind: str) -> None:
@@ -62,6 +68,9 @@ class BodyLimitMiddleware:
         except BodyTooLargeError:
             await self._refuse(scope, send)
             return
+        if chunks[-1]["type"] != "http.request":  # the client left (or its body timed out)
+            note_error(scope, DISCONNECTED)  # nothing to answer, and no partial body to work on
+            return
         await self.app(scope, _replay(chunks, receive), send)
 
     async def _read(self, receive: Receive) -> list[Message]:
@@ -70,7 +79,7 @@ class BodyLimitMiddleware:
             message = await receive()
             messages.append(message)
             if message["type"] != "http.request":
-                return messages  # a disconnect: let the app see it
+                return messages  # a disconnect
             total += len(message.get("body", b""))
             if total > self.max_bytes:
                 raise BodyTooLargeError(self.max_bytes)

@@ -12,7 +12,15 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 (re-export)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from mlsignal.server.limits import ASGIApp, Message, Receive, Scope, Send, send_error
+from mlsignal.server.limits import (
+    DISCONNECTED,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,15 @@ class Metrics:
         self.reloads = Counter(
             "mlsignal_reloads_total", "bundle reloads by outcome", ["outcome"], registry=r
         )
+        self.connections_open = Gauge(
+            "mlsignal_connections_open", "open HTTP connections of this process", registry=r
+        )
+        self.connections_closed = Counter(
+            "mlsignal_connections_closed_total",
+            "HTTP connections refused or closed by a connection limit, by reason",
+            ["reason"],
+            registry=r,
+        )
 
     def set_model(self, model_version: str, contract_hash: str, device: str, backend: str) -> None:
         """Point the model info gauge at the model now served."""
@@ -88,6 +105,8 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+            if not started and scope.get("mlsignal", {}).get("error_kind") == DISCONNECTED:
+                status = 499  # nginx's "client closed request": nobody to answer
         except Exception:
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
             if not started:

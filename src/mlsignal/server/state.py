@@ -192,14 +192,44 @@ class ServerConfig:
     #: Deadline of a request that brings none (``deadline_ms``, ``X-Deadline-Ms``), from
     #: arrival; ``None``: no deadline.
     default_deadline_ms: float | None = None
+    # The connection layer (:mod:`mlsignal.server.protocol`), per process; nginx-like.
+    #: Request line + headers of one request (431 past it; nginx: 4 x 8 KiB buffers).
+    max_header_bytes: int = 32 << 10
+    #: One header line (name + value; 431) or the request target (414).
+    max_header_line_bytes: int = 8 << 10
+    #: Headers in one request (431 past it).
+    max_headers: int = 100
+    #: Line and headers must all arrive within this, from accept or the request's first
+    #: byte (a total, not a time between reads); else 408 and close.
+    header_timeout_s: float = 10.0
+    #: The whole body must arrive within this of the end of the headers; else 408 and close.
+    body_timeout_s: float = 30.0
+    #: An idle kept-alive connection is closed after this (uvicorn's timeout_keep_alive).
+    keep_alive_s: float = 5.0
+    #: Open connections in this process; an extra one gets 503 and is closed at once.
+    max_connections: int = 1024
+    #: Open connections from one client address (IPv6: its /64); 0: no cap (behind a proxy).
+    max_connections_per_client: int = 256
     api_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        names = ("max_batch", "max_queue", "max_symbols", "max_bars", "threads", "max_inflight")
+        names = (
+            "max_batch", "max_queue", "max_symbols", "max_bars", "threads", "max_inflight",
+            "max_header_bytes", "max_header_line_bytes", "max_headers", "max_connections",
+        )  # fmt: skip
         for name in names:
+            _check_whole(name, getattr(self, name), 1)
+        _check_whole("max_connections_per_client", self.max_connections_per_client, 0)
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{_named(name)} must be a whole number >= 1, got {value!r}")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and 0 < value < math.inf):
+                raise ConfigError(f"{_named(name)} must be a positive number of s, got {value!r}")
+        if self.max_header_line_bytes > self.max_header_bytes:
+            raise ConfigError(
+                f"{_named('max_header_line_bytes')} must be <= {_named('max_header_bytes')}, got "
+                f"{self.max_header_line_bytes} > {self.max_header_bytes} bytes"
+            )
         if not self.max_wait_ms >= 0:  # NaN too
             raise ConfigError(f"{_named('max_wait_ms')} must be >= 0, got {self.max_wait_ms!r}")
         ms = self.default_deadline_ms
@@ -220,9 +250,20 @@ class ServerConfig:
             )
 
 
+#: Fields whose ``mlsignal serve`` flag is not the field's name (a unit differs).
+_FLAGS = {"max_header_bytes": "max_header_kb", "max_header_line_bytes": "max_header_line_kb"}
+
+
 def _named(field_name: str) -> str:
     """``max_batch`` -> ``max_batch (--max-batch)``: the API name and the CLI flag."""
-    return f"{field_name} (--{field_name.replace('_', '-')})"
+    flag = _FLAGS.get(field_name, field_name)
+    return f"{field_name} (--{flag.replace('_', '-')})"
+
+
+def _check_whole(name: str, value: Any, least: int) -> None:
+    """A :class:`ConfigError` unless ``value`` is a whole number >= ``least`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{_named(name)} must be a whole number >= {least}, got {value!r}")
 
 
 def inline_safe(state: ModelState) -> bool:
