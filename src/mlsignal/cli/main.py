@@ -354,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mlsignal.logs import configure_logging
 
-    configure_logging(args.log_level, args.log_json)
     try:
+        configure_logging(args.log_level, args.log_json)
         resolve_bundle(args)
         return int(args.func(args) or 0)
     except MLSignalError as e:
