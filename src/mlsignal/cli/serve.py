@@ -79,9 +79,7 @@ def check_serve_args(args: argparse.Namespace) -> tuple[tuple[bytes, ...], Serve
     error, exit 2); returns the keys and the server's config. Lifecycle lines always show."""
     from mlsignal.server.auth import check_bind, load_keys
 
-    check_port(args.port)
-    if getattr(args, "grpc_port", None) is not None:
-        check_port(args.grpc_port, "--grpc-port")
+    check_port(args.port)  # --grpc-port: GrpcConfig checks it (0: any free port)
     keys = load_keys(args.api_key_file)
     check_bind(args.host, keys, args.insecure)
     _check_tls(args)
