@@ -25,8 +25,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
+#: The levels ``--log-level`` takes (any case).
+LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_level(level: str) -> str:
+    """``level`` upper-cased, or a :class:`ConfigError` naming the levels there are."""
+    from mlsignal.errors import ConfigError
+
+    name = str(level).strip().upper()
+    if name not in LEVELS:
+        raise ConfigError(f"--log-level {level!r} is not a level; use one of {', '.join(LEVELS)}")
+    return name
+
+
 def configure_logging(level: str = "WARNING", json_format: bool = False) -> None:
-    """Configure the root logger to stderr, replacing earlier handlers."""
+    """Configure the root logger to stderr, replacing earlier handlers.
+
+    An unknown ``level`` is a :class:`~mlsignal.errors.ConfigError` (nothing is changed).
+    """
+    level = check_level(level)
     handler = logging.StreamHandler(sys.stderr)
     if json_format:
         handler.setFormatter(JsonFormatter())

@@ -4,8 +4,11 @@ Training-side code (imports torch and onnx). The graph takes ``windows`` ``(B, T
 raw features (dynamic batch) and gives ``p_lstm``, ``p_tft`` and ``bull_prob``, each ``(B,)``.
 It is checked with onnxruntime on the CPU against the torch model (golden inputs, random
 batches of 1 and 1024) before it is written; then ``model.onnx`` and ``manifest.json`` are each
-replaced atomically. The contract hash does not change: ``model.onnx`` is derived from the
-weights and config it already covers.
+replaced atomically. The manifest is re-signed: ``model.onnx`` is part of the contract (bundle
+format 2), so exporting into a bundle gives it a new contract hash and model version, and a
+client pinned to the old hash sees the change. Re-exporting the same weights with the same
+torch and onnx gives the same bytes, hence the same hash. A format-1 bundle is upgraded this
+way: its weights are first checked against its golden outputs (which format 1 did not cover).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from mlsignal.bundle import GOLDEN_FILE, MANIFEST_FILE, Bundle, load_bundle
-from mlsignal.bundle.io import sha256_file
+from mlsignal.bundle import CONFIG_FILE, GOLDEN_FILE, MANIFEST_FILE, Bundle, load_bundle
+from mlsignal.bundle.checks import read_json_object
+from mlsignal.bundle.io import sha256_file, sign
 from mlsignal.errors import BundleError, ConfigError, ParityError
 from mlsignal.runtime.base import PARITY_ATOL
 from mlsignal.runtime.onnx_runtime import ONNX_FILE
@@ -61,12 +65,15 @@ class _SplitOutputs(nn.Module):
 def export_onnx(bundle_dir: str | os.PathLike[str], opset: int | None = None) -> dict[str, Any]:
     """Export the bundle at ``bundle_dir`` to ``model.onnx`` and record it in the manifest.
 
-    Raises :class:`ParityError` (and installs nothing) if onnxruntime's outputs differ from
-    torch's by more than ``PARITY_ATOL``. Re-exporting replaces the previous ``model.onnx``.
-    Returns the manifest's new ``onnx`` section.
+    Raises :class:`ParityError` (and installs nothing) if the torch model does not give the
+    bundle's golden outputs, or onnxruntime's outputs differ from torch's, by more than
+    ``PARITY_ATOL``. Re-exporting replaces the previous ``model.onnx``. The manifest is
+    re-signed (format 2: a new contract hash and model version unless the graph's bytes are
+    unchanged); a format-1 bundle is upgraded. Returns the manifest's new ``onnx`` section.
     """
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, legacy=True)
     model = build_model(bundle, "cpu")
+    check_torch_golden(model, bundle)
     t0 = time.perf_counter()
     proto = _export_proto(model, bundle, DEFAULT_OPSET if opset is None else opset)
     export_s = time.perf_counter() - t0
@@ -132,6 +139,7 @@ def _export_proto(model: nn.Module, bundle: Bundle, opset: int) -> onnx.ModelPro
             verbose=False,
         )
     proto = program.model_proto
+    strip_debug_metadata(proto)
     onnx.checker.check_model(proto)
     if _graph_opset(proto) != opset:
         # The exporter's version converter falls back to the native opset when it cannot
@@ -141,6 +149,29 @@ def _export_proto(model: nn.Module, bundle: Bundle, opset: int) -> onnx.ModelPro
             f"came out at opset {_graph_opset(proto)}); use the default, {DEFAULT_OPSET}"
         )
     return proto
+
+
+def strip_debug_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's debug metadata (stack traces with source paths, the export's
+    range constraints) from the model, its graphs and nodes, in place.
+
+    They change from one export to the next (another checkout, or a second export in the
+    same process) while the computation does not; the contract hash covers model.onnx's
+    bytes, so the same weights must export to the same bytes.
+    """
+    del proto.metadata_props[:]
+    graphs = [proto.graph]
+    nodes = [n for f in proto.functions for n in f.node]
+    while graphs:
+        graph = graphs.pop()
+        del graph.metadata_props[:]
+        nodes.extend(graph.node)
+        while nodes:
+            node = nodes.pop()
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
 
 
 def _graph_opset(proto: onnx.ModelProto) -> int:
@@ -160,6 +191,27 @@ def _check_inputs(model: nn.Module, bundle: Bundle) -> dict[str, np.ndarray]:
         z = rng.standard_normal((n, *shape))
         cases[f"random batch {n}"] = (mean + std * z).astype(np.float32)
     return cases
+
+
+def check_torch_golden(model: nn.Module, bundle: Bundle) -> float:
+    """The torch model's outputs on the golden inputs against the golden expected ones.
+
+    The golden file is what every runtime is judged by; it must belong to these weights.
+    Raises :class:`ParityError` beyond ``PARITY_ATOL``; returns the worst difference.
+    """
+    with np.load(bundle.file(GOLDEN_FILE)) as golden:
+        inputs = np.ascontiguousarray(golden["inputs"], dtype=np.float32)
+        expected = golden["expected"].astype(np.float64)
+    with torch.inference_mode():
+        got = model(torch.from_numpy(inputs)).numpy().astype(np.float64)  # (N, 3)
+    worst = float(np.abs(got - expected).max())
+    if not worst <= PARITY_ATOL:  # NaN too
+        raise ParityError(
+            f"bundle {bundle.path}: weights.pt does not give the golden outputs of "
+            f"{GOLDEN_FILE} (worst |diff| {worst:.3g} > {PARITY_ATOL:g}): the files do not "
+            f"belong together; {ONNX_FILE} not installed"
+        )
+    return worst
 
 
 def check_onnx_parity(data: bytes, model: nn.Module, bundle: Bundle) -> float:
@@ -189,24 +241,26 @@ def check_onnx_parity(data: bytes, model: nn.Module, bundle: Bundle) -> float:
 
 
 def install_onnx(bundle_dir: Path, data: bytes, section: dict[str, Any]) -> None:
-    """Write ``model.onnx`` and the updated manifest, each via temp file + fsync + replace.
+    """Write ``model.onnx`` and the re-signed manifest, each via temp file + fsync + replace.
 
-    On re-export the old entry is first dropped from the manifest, so a crash at any point
-    leaves a bundle that :func:`load_bundle` accepts (with the old, the new or no ONNX file).
+    On re-export the old entry is first dropped from the manifest (re-signed without it), so
+    a crash at any point leaves a bundle that :func:`load_bundle` accepts (with the old, the
+    new or no ONNX file, each under its own contract hash).
     """
     manifest_path = bundle_dir / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_json_object(manifest_path, "manifest")
+    config = read_json_object(bundle_dir / CONFIG_FILE, "config")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"bundle {bundle_dir}: manifest has no 'files' table")
     if ONNX_FILE in files:
         del files[ONNX_FILE]
         manifest.pop("onnx", None)
-        _write_atomic(manifest_path, _manifest_bytes(manifest))
+        _write_atomic(manifest_path, _manifest_bytes(sign(manifest, config)))
     _write_atomic(bundle_dir / ONNX_FILE, data)
     files[ONNX_FILE] = sha256_file(bundle_dir / ONNX_FILE)
     manifest["onnx"] = section
-    _write_atomic(manifest_path, _manifest_bytes(manifest))
+    _write_atomic(manifest_path, _manifest_bytes(sign(manifest, config)))
 
 
 def _manifest_bytes(manifest: dict[str, Any]) -> bytes:

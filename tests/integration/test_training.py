@@ -30,10 +30,12 @@ def test_shuffled_labels_show_no_skill(tmp_path, capsys):
 def test_training_is_deterministic_for_a_seed_on_cpu(tiny_bundle, tmp_path):
     from mlsignal.training.pipeline import train_bundle
 
+    # model.onnx too: the contract hash covers it, so its export must be deterministic.
     again = train_bundle("sp500", tmp_path / "again", preset="tiny", device="cpu", seed=0,
-                         progress=False, onnx=False)  # fmt: skip
+                         progress=False)  # fmt: skip
     first = load_bundle(tiny_bundle)
     assert again.contract_hash == first.contract_hash
+    assert load_bundle(again.path).manifest["files"] == first.manifest["files"]
     assert again.metrics == first.manifest["metrics"]
 
 

@@ -248,7 +248,9 @@ def test_unparseable_timestamp_names_the_row(value, message):
 
 def test_timestamp_out_of_range():
     dates = [*DAYS.strftime("%Y-%m-%d")[:4], "2500-01-01"]
-    with pytest.raises(TimestampError, match=r"timestamps outside 1677\.\.2262"):
+    with pytest.raises(
+        TimestampError, match=r"row 4: timestamp '2500-01-01' .* is outside 1970-01-01\.\.2262"
+    ):
         normalize_bars(pd.DataFrame({"date": dates, **ohlcv()}))
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from bundle_helpers import resign
 from mlsignal.bundle import load_bundle
 from mlsignal.bundle.io import sha256_file
 from mlsignal.config import Settings
@@ -132,10 +133,7 @@ def test_onnx_changed_after_loading_is_refused(exported_copy):
 def test_unparseable_onnx_is_an_integrity_error(exported_copy):
     # A file the manifest vouches for (re-signed) that onnxruntime cannot parse.
     (exported_copy / ONNX_FILE).write_bytes(b"\x08garbage" * 64)
-    manifest_path = exported_copy / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"][ONNX_FILE] = sha256_file(exported_copy / ONNX_FILE)
-    manifest_path.write_text(json.dumps(manifest))
+    resign(exported_copy)
     with pytest.raises(BundleIntegrityError, match=r"onnxruntime cannot load model\.onnx"):
         OnnxRuntime(load_bundle(exported_copy), "cpu")
 
@@ -146,6 +144,7 @@ def test_bundle_without_onnx_says_how_to_export(exported_copy):
     del manifest["files"][ONNX_FILE], manifest["onnx"]
     manifest_path.write_text(json.dumps(manifest))
     (exported_copy / ONNX_FILE).unlink()
+    resign(exported_copy)
     bundle = load_bundle(exported_copy)
     with pytest.raises(
         BundleError, match=r"has no model\.onnx; run `mlsignal export-onnx --bundle"

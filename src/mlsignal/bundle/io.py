@@ -5,12 +5,17 @@ A bundle is a directory::
     manifest.json   format version, model version, contract hash, sha256 of every file,
                     training data span, metrics (written last)
     config.json     feature schema, model config, GARCH / Kelly / fusion parameters
-    weights.pt      the SignalModel state_dict (device-independent tensors)
+    weights.pt      the SignalModel state_dict (device-independent tensors), calibration included
     golden.npz      golden input windows and their expected outputs (parity checks)
+    model.onnx      the exported graph (optional; ``mlsignal export-onnx``)
 
-The *contract hash* covers the weights, the feature schema (names, window, warm-up) and every
-parameter in config.json: two bundles with the same contract hash give the same numbers.
-Nothing here imports torch; the runtime loads ``weights.pt``.
+The *contract hash* (format 2) covers the sha256 of every file the manifest lists (weights,
+ONNX model, golden data, config with its calibration, GARCH, Kelly and fusion parameters) and
+the feature schema (names, window, warm-up): two bundles with the same contract hash give the
+same numbers, on every backend, and are checked against the same golden outputs. Format 1's
+hash covered only the weights and the config; such bundles are refused with the way to
+upgrade them (:data:`UPGRADE_HINT`). Nothing here imports torch; the runtime loads
+``weights.pt``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlsignal.bundle.checks import (
+    check_golden,
+    check_manifest_fields,
+    check_torch_archive,
+    member,
+    read_json_object,
+)
 from mlsignal.errors import (
     BundleError,
     BundleIntegrityError,
@@ -39,12 +51,21 @@ from mlsignal.models.kelly import KellyConfig, KellyParams
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: Format 2: the contract hash covers every listed file (format 1: weights and config only).
+FORMAT_VERSION = 2
+#: The format whose contract hash left model.onnx and golden.npz out; read only to upgrade.
+LEGACY_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 GOLDEN_FILE = "golden.npz"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, GOLDEN_FILE)
+#: How to turn a format-1 bundle into a format-2 one (``{path}``: the bundle).
+UPGRADE_HINT = (
+    "upgrade it with `mlsignal export-onnx --bundle {path}` (checks the weights against the "
+    "golden outputs, re-exports model.onnx and re-signs: a new contract hash and model "
+    "version), or retrain"
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -62,7 +83,25 @@ def canonical_json(obj: Any) -> str:
 
 
 def contract_hash(file_hashes: Mapping[str, str], config: Mapping[str, Any]) -> str:
-    """The hash a client and a server compare: weights + schema + window + all parameters."""
+    """The hash a client and a server compare (format 2).
+
+    sha256 over the sha256 of every file in ``file_hashes`` (the manifest's table: weights,
+    config, golden data, model.onnx when exported, any other file) and the feature schema's
+    hash, window and warm-up from ``config``. Any file that can change a number changes it.
+    """
+    schema = FeatureSchema.from_dict(config["schema"])
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "files": dict(sorted(file_hashes.items())),
+        "feature_schema_hash": schema.hash,
+        "window": schema.window,
+        "warmup": schema.warmup,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def legacy_contract_hash(file_hashes: Mapping[str, str], config: Mapping[str, Any]) -> str:
+    """Format 1's contract hash: weights + config + schema (not model.onnx, not golden.npz)."""
     schema = FeatureSchema.from_dict(config["schema"])
     payload = {
         "weights_sha256": file_hashes[WEIGHTS_FILE],
@@ -72,6 +111,19 @@ def contract_hash(file_hashes: Mapping[str, str], config: Mapping[str, Any]) -> 
         "warmup": schema.warmup,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def sign(manifest: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """``manifest`` in format 2, with the contract hash of its ``files`` and the model
+    version that names it (``{model_name}-{hash[:12]}``)."""
+    chash = contract_hash(manifest["files"], config)
+    name = manifest.get("model_name") or "mlsignal"
+    return {
+        **manifest,
+        "format_version": FORMAT_VERSION,
+        "contract_hash": chash,
+        "model_version": f"{name}-{chash[:12]}",
+    }
 
 
 @dataclass(frozen=True)
@@ -90,12 +142,12 @@ class Bundle:
 
     @property
     def model_version(self) -> str:
-        """Human-readable version, e.g. ``sp500+nasdaq-20261126T081500Z-3f2a9c1d``."""
+        """Human-readable version, e.g. ``sp500+nasdaq-3f2a9c1d0b7e``."""
         return str(self.manifest["model_version"])
 
     @property
     def contract_hash(self) -> str:
-        """sha256 over weights, feature schema, window and parameters."""
+        """sha256 over every file of the bundle and its feature schema (see the module)."""
         return str(self.manifest["contract_hash"])
 
     @property
@@ -108,28 +160,14 @@ class Bundle:
         return self.path / name
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise BundleIntegrityError(f"{what} {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise BundleIntegrityError(f"{what} {path} is not a JSON object")
-    return data
-
-
-def _verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise BundleIntegrityError(f"bundle {path}: manifest has no 'files' table")
+def _verify_files(path: Path, files: Mapping[str, str]) -> None:
     missing_required = [n for n in REQUIRED_FILES if n not in files]
     if missing_required:
         raise BundleIntegrityError(
             f"bundle {path}: manifest lists no {', '.join(missing_required)}"
         )
     for name, expected in files.items():
-        f = path / name
+        f = member(path, name)
         if not f.is_file():
             raise BundleIntegrityError(f"bundle {path} is partial: {name} is missing")
         actual = sha256_file(f)
@@ -140,9 +178,7 @@ def _verify_files(path: Path, manifest: Mapping[str, Any]) -> None:
             )
 
 
-def load_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Load and verify a bundle; raise a :class:`BundleError` naming what is wrong."""
-    path = Path(path)
+def _read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST_FILE
     if not path.is_dir():
         raise BundleNotFoundError(f"no bundle at {path}: directory does not exist")
@@ -150,34 +186,65 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         raise BundleNotFoundError(
             f"no bundle at {path}: {MANIFEST_FILE} is missing (not a bundle, or a partial write)"
         )
-    manifest = _read_json(manifest_path, "manifest")
+    return read_json_object(member(path, MANIFEST_FILE), "manifest")
+
+
+def _check_version(path: Path, manifest: Mapping[str, Any], legacy: bool) -> None:
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version == FORMAT_VERSION or (legacy and version == LEGACY_FORMAT_VERSION):
+        return
+    if version == LEGACY_FORMAT_VERSION:
         raise BundleVersionError(
-            f"bundle {path} has format version {version!r}; this mlsignal reads {FORMAT_VERSION}"
+            f"bundle {path} has format version 1, whose contract hash does not cover "
+            f"model.onnx and golden.npz; {UPGRADE_HINT.format(path=path)}"
         )
-    _verify_files(path, manifest)
-    config = _read_json(path / CONFIG_FILE, "config")
-    actual = contract_hash(manifest["files"], config)
-    if actual != manifest.get("contract_hash"):
+    raise BundleVersionError(
+        f"bundle {path} has format version {version!r}; this mlsignal reads {FORMAT_VERSION}"
+    )
+
+
+def load_bundle(path: str | os.PathLike[str], *, legacy: bool = False) -> Bundle:
+    """Load and verify a bundle; raise a :class:`BundleError` naming what is wrong.
+
+    Verified: the manifest (UTF-8 JSON, identity fields, a sha256 string per file), every
+    listed file inside the bundle and matching its sha256, the contract hash, config.json's
+    parameters, golden.npz's arrays and weights.pt's archive. ``legacy`` (for
+    :func:`mlsignal.onnx_export.export_onnx` only, which re-signs what it loads) also takes a
+    format-1 bundle, verified by format 1's rule.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    _check_version(path, manifest, legacy)
+    files = check_manifest_fields(path, manifest)
+    _verify_files(path, files)
+    config = read_json_object(path / CONFIG_FILE, "config")
+    try:
+        rule = legacy_contract_hash if manifest["format_version"] == 1 else contract_hash
+        actual = rule(files, config)
+        schema = FeatureSchema.from_dict(config["schema"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleIntegrityError(f"bundle {path}: config.json is incomplete: {e!r}") from None
+    if actual != manifest["contract_hash"]:
         raise BundleIntegrityError(
-            f"bundle {path}: contract hash mismatch (manifest {manifest.get('contract_hash')!r}, "
+            f"bundle {path}: contract hash mismatch (manifest {manifest['contract_hash']!r}, "
             f"computed {actual!r})"
         )
+    check_golden(path / GOLDEN_FILE, schema)
+    check_torch_archive(path / WEIGHTS_FILE)
     try:
         return Bundle(
             path=path,
             manifest=manifest,
             config=config,
-            schema=FeatureSchema.from_dict(config["schema"]),
+            schema=schema,
             garch=GarchParams.from_dict(config["garch"]),
             kelly_params=KellyParams(**config["kelly_params"]),
             kelly_config=KellyConfig(**config["kelly_config"]),
             fusion=FusionConfig(**config["fusion"]),
-            extra_files=tuple(n for n in manifest["files"] if n not in REQUIRED_FILES),
+            extra_files=tuple(n for n in files if n not in REQUIRED_FILES),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleIntegrityError(f"bundle {path}: config.json is incomplete: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleIntegrityError(f"bundle {path}: config.json is incomplete: {e!r}") from None
 
 
 def fsync_dir(path: Path) -> None:
@@ -233,14 +300,7 @@ def _write_contents(
     missing = [n for n in REQUIRED_FILES if n not in hashes]
     if missing:
         raise BundleError(f"refusing to write a bundle without {', '.join(missing)}")
-    chash = contract_hash(hashes, config)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        **extra,
-        "contract_hash": chash,
-        "model_version": f"{extra.get('model_name', 'mlsignal')}-{chash[:12]}",
-        "files": hashes,
-    }
+    manifest = sign({**extra, "files": hashes}, config)
     _fsync_tree(tmp)
     # The manifest is written last: a directory without it is never taken for a bundle.
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

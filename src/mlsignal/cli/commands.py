@@ -93,13 +93,16 @@ def enhance(args: argparse.Namespace) -> int:
 
 def export_onnx(args: argparse.Namespace) -> int:
     """Export model.onnx into the bundle and print what was recorded."""
+    from mlsignal.bundle import load_bundle
     from mlsignal.onnx_export import export_onnx as run_export
 
     section = run_export(args.bundle, opset=args.opset)
+    bundle = load_bundle(args.bundle)
     print(
         f"model.onnx written to {args.bundle} (opset {section['opset']}, checked with "
         f"onnxruntime {section['onnxruntime_version']}, worst |diff| "
-        f"{section['max_abs_diff']:.2g} vs torch)"
+        f"{section['max_abs_diff']:.2g} vs torch); model version {bundle.model_version}, "
+        f"contract hash {bundle.contract_hash}"
     )
     return 0
 

@@ -185,7 +185,9 @@ def _add_export_onnx(sub: argparse._SubParsersAction) -> None:
         "export-onnx",
         help="export the bundle's model to model.onnx (checked with ONNX Runtime) in the bundle",
         description="Export the SignalModel to ONNX with a dynamic batch axis, check it against "
-        "PyTorch with ONNX Runtime, and add it to the bundle's manifest (same contract hash).",
+        "PyTorch with ONNX Runtime, and add it to the bundle's manifest. The contract hash covers "
+        "model.onnx, so the bundle gets a new contract hash and model version (the same when "
+        "the graph's bytes are unchanged). Also upgrades a format-1 bundle.",
     )
     add_bundle_option(p)
     p.add_argument(
@@ -352,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mlsignal.logs import configure_logging
 
-    configure_logging(args.log_level, args.log_json)
     try:
+        configure_logging(args.log_level, args.log_json)
         resolve_bundle(args)
         return int(args.func(args) or 0)
     except MLSignalError as e:

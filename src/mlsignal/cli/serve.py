@@ -22,6 +22,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from mlsignal.cli.options import cli_settings, server_config
+from mlsignal.cli.sockets import bind, check_port
 from mlsignal.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def check_serve_args(args: argparse.Namespace) -> tuple[tuple[bytes, ...], Serve
     error, exit 2); returns the keys and the server's config. Lifecycle lines always show."""
     from mlsignal.server.auth import check_bind, load_keys
 
+    check_port(args.port)  # --grpc-port: GrpcConfig checks it (0: any free port)
     keys = load_keys(args.api_key_file)
     check_bind(args.host, keys, args.insecure)
     _check_tls(args)
@@ -130,20 +132,41 @@ def check_serve_args(args: argparse.Namespace) -> tuple[tuple[bytes, ...], Serve
     return keys, config
 
 
-def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: int = 0) -> int:
+def serve(
+    args: argparse.Namespace, socks: list[socket.socket] | None = None, worker: int = 0
+) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code.
 
     The uvicorn engine; ``--engine ray`` goes to :mod:`mlsignal.cli.serve_ray` instead.
-    ``sock``: a listening socket to serve on (a worker of ``--workers N``: see
+    ``socks``: listening sockets to serve on (a worker of ``--workers N``: see
     :mod:`mlsignal.cli.serve_workers`, which ``mlsignal serve --workers N`` runs instead);
-    ``None`` binds ``--host``/``--port`` itself.
+    ``None`` binds ``--host``/``--port`` itself, before the model loads (a port in use is a
+    one-line error at once).
     """
+    keys, config = check_serve_args(args)
+    grpc_config = _grpc_config(args, shared=socks is not None)  # checked before the model loads
+    sockets = socks if socks is not None else bind(args.host, args.port)
+    label = f" worker={worker}" if socks is not None else ""
+    try:
+        return _serve(args, sockets, label, keys, config, grpc_config)
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _serve(
+    args: argparse.Namespace,
+    sockets: list[socket.socket],
+    label: str,
+    keys: tuple[bytes, ...],
+    config: ServerConfig,
+    grpc_config: Any,
+) -> int:
+    """Load the model, then serve on ``sockets`` (bound) until SIGTERM/SIGINT."""
     import uvicorn
 
     from mlsignal.server import create_app, load_model
 
-    keys, config = check_serve_args(args)
-    grpc_config = _grpc_config(args, shared=sock is not None)  # checked before the model loads
     settings = cli_settings(args)
     device = args.device or settings.device
     backend = args.backend or settings.backend
@@ -157,7 +180,7 @@ def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: i
     log.info(
         "serving %s://%s:%d%s device=%s backend=%s model_version=%s contract_hash=%s "
         "api_keys=%s parity_worst_diff=%.3g warmup_ms=%.1f",
-        scheme, args.host, args.port, f" worker={worker}" if sock is not None else "",
+        scheme, args.host, args.port, label,
         state.device, state.backend,
         state.bundle.model_version, state.bundle.contract_hash,
         "on" if keys else "off", state.parity_worst_diff, state.warmup_ms,
@@ -184,7 +207,7 @@ def serve(args: argparse.Namespace, sock: socket.socket | None = None, worker: i
     drained = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in drained}
     try:
-        server.run(sockets=None if sock is None else [sock])
+        server.run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

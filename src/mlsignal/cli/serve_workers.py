@@ -43,31 +43,26 @@ BACKLOG = 4096
 _SKIP = frozenset({"func", "settings", "bundle_from_settings"})
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The shared listening socket (IPv4 or IPv6 by the address), inheritable."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as e:
-        sock.close()
-        from mlsignal.errors import ConfigError
+def listen(host: str, port: int) -> list[socket.socket]:
+    """The shared listening sockets of ``host:port`` (:func:`~mlsignal.cli.sockets.bind`),
+    listening and inheritable."""
+    from mlsignal.cli.sockets import bind
 
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(BACKLOG)
-    sock.set_inheritable(True)
-    return sock
+    socks = bind(host, port)
+    for sock in socks:
+        sock.listen(BACKLOG)
+        sock.set_inheritable(True)
+    return socks
 
 
-def worker_env(args: argparse.Namespace, fd: int, index: int) -> str:
-    """A worker's JSON: its arguments (plain values only), the socket's fd, its index."""
+def worker_env(args: argparse.Namespace, fds: list[int], index: int) -> str:
+    """A worker's JSON: its arguments (plain values only), the sockets' fds, its index."""
     plain = {
         k: v
         for k, v in vars(args).items()
         if k not in _SKIP and (v is None or isinstance(v, str | int | float | bool | list))
     }
-    return json.dumps({"fd": fd, "index": index, "args": plain})
+    return json.dumps({"fds": fds, "index": index, "args": plain})
 
 
 class Supervisor:
@@ -76,16 +71,17 @@ class Supervisor:
     def __init__(self, args: argparse.Namespace, workers: int) -> None:
         self.args = args
         self.workers = workers
-        self.sock = listen(args.host, args.port)
+        self.socks = listen(args.host, args.port)
         self.procs: dict[int, subprocess.Popen] = {}
         self.stopping = threading.Event()
         self.code = 0
 
     def start(self, index: int) -> None:
         """Start worker ``index`` on the shared socket."""
-        env = {**os.environ, WORKER_ENV: worker_env(self.args, self.sock.fileno(), index)}
+        fds = [sock.fileno() for sock in self.socks]
+        env = {**os.environ, WORKER_ENV: worker_env(self.args, fds, index)}
         cmd = [sys.executable, "-m", "mlsignal.cli.serve_workers"]
-        proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(),))
+        proc = subprocess.Popen(cmd, env=env, pass_fds=fds)
         self.procs[index] = proc
         log.info("worker %d started: pid %d", index, proc.pid)
 
@@ -130,7 +126,8 @@ class Supervisor:
             if code not in (0, -signal.SIGTERM):
                 log.error("worker %d exited with %d", index, code)
                 self.code = self.code or code
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
         log.info("stopped: %d workers drained", len(self.procs))
         return self.code
 
@@ -172,9 +169,9 @@ def run_worker() -> int:
     doc = json.loads(os.environ.pop(WORKER_ENV))
     args = argparse.Namespace(**doc["args"])
     configure_logging(args.log_level, args.log_json)
-    sock = socket.socket(fileno=doc["fd"])
+    socks = [socket.socket(fileno=fd) for fd in doc["fds"]]
     try:
-        return serve(args, sock=sock, worker=doc["index"])
+        return serve(args, socks=socks, worker=doc["index"])
     except MLSignalError as e:
         print(f"mlsignal serve: worker {doc['index']}: error: {e}", file=sys.stderr)
         return 2

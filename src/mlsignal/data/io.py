@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mlsignal.data.validate import BAR_COLUMNS, validate_bars
+from mlsignal.data.validate import BAR_COLUMNS, T_MAX_NS, T_MIN_NS, TIME_RANGE, validate_bars
 from mlsignal.errors import DataError, MissingColumnError, PriceError, TimestampError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
 _EPOCH_UNITS: tuple[tuple[float, str], ...] = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
 # Integers in this range read as YYYYMMDD (20200105), not as epoch seconds in 1970.
 _YYYYMMDD = (1800_01_01, 2200_12_31)
+_T_MIN, _T_MAX = pd.Timestamp(T_MIN_NS), pd.Timestamp(T_MAX_NS)
 
 
 def read_bars(path: str | Path) -> pd.DataFrame:
@@ -73,8 +75,8 @@ def normalize_bars(raw: pd.DataFrame) -> pd.DataFrame:
 
     Raises:
         MissingColumnError: a price, volume or timestamp column is absent.
-        TimestampError: a timestamp cannot be parsed (the message names the row), or
-            timestamps are unsorted or duplicated.
+        TimestampError: a timestamp cannot be parsed or is outside 1970-01-01..2262-04-10
+            (the message names the row), or timestamps are unsorted or duplicated.
         PriceError: a value is not a number, or fails :func:`validate_bars`.
         DataError: the frame is empty or a column is ambiguous.
     """
@@ -164,13 +166,16 @@ def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
         what = "is missing" if pd.isna(raw) else f"{raw!r} cannot be parsed"
         raise TimestampError(f"row {pos}: timestamp {what} (column {values.name!r})")
     index = pd.DatetimeIndex(parsed).tz_convert(None)
-    try:
-        index = index.as_unit("ns")
-    except (OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
+    outside = np.asarray((index < _T_MIN) | (index > _T_MAX))  # before as_unit: no overflow
+    if outside.any():
+        pos = int(np.argmax(outside))
+        raw = values.iloc[pos]
+        raw = raw.item() if isinstance(raw, np.generic) else raw
+        shown = str(index[pos]) if isinstance(raw, datetime) else f"{raw!r} ({index[pos]})"
         raise TimestampError(
-            f"timestamps outside 1677..2262: {index.min()} .. {index.max()}"
-        ) from exc
-    return index.rename("timestamp")
+            f"row {pos}: timestamp {shown} is outside {TIME_RANGE} (column {values.name!r})"
+        )
+    return index.as_unit("ns").rename("timestamp")
 
 
 def _as_numbers(values: pd.Series) -> pd.Series | None:

@@ -10,7 +10,8 @@
 - :func:`check_bar`: one bar of a live stream, with the same messages.
 
 The rules: finite, positive open/high/low/close; ``high >= max(open, close)``, ``low <=
-min(open, close)``; finite, non-negative volume; timestamps strictly increasing.
+min(open, close)``; finite, non-negative volume; timestamps strictly increasing, within
+:data:`TIME_RANGE` (1970-01-01..2262-04-10).
 """
 
 from __future__ import annotations
@@ -26,13 +27,25 @@ from mlsignal.errors import DataError, MissingColumnError, PriceError, Timestamp
 BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 
+#: Bars are dated from the Unix epoch up to a day before the end of pandas' nanosecond range
+#: (2262-04-11): an epoch before 1970 is a unit or sign mistake, a later date would wrap.
+T_MIN_NS = 0
+T_MAX_NS = int(pd.Timestamp.max.value) - 86_400 * 10**9
+#: The same bounds in epoch milliseconds, as the wire carries timestamps.
+T_MIN_MS = T_MIN_NS // 1_000_000
+T_MAX_MS = T_MAX_NS // 1_000_000
+_T_MIN, _T_MAX = pd.Timestamp(T_MIN_NS), pd.Timestamp(T_MAX_NS)
+#: The bounds as messages name them.
+TIME_RANGE = f"{pd.Timestamp(T_MIN_NS):%Y-%m-%d}..{pd.Timestamp(T_MAX_NS):%Y-%m-%d}"
+
 
 def validate_bars(bars: pd.DataFrame) -> pd.DataFrame:
     """Check that ``bars`` is a clean canonical bars frame and return it unchanged.
 
     Checks: non-empty; a tz-naive ``DatetimeIndex`` with strictly increasing (sorted,
-    unique) timestamps; finite, positive open/high/low/close; ``high >= max(open, close)``
-    and ``low <= min(open, close)``; finite, non-negative volume.
+    unique) timestamps within :data:`TIME_RANGE`; finite, positive open/high/low/close;
+    ``high >= max(open, close)`` and ``low <= min(open, close)``; finite, non-negative
+    volume.
 
     Raises:
         DataError: the frame is empty.
@@ -71,6 +84,10 @@ def _check_index(index: pd.Index) -> pd.DatetimeIndex:
     if index.hasnans:
         pos = int(np.flatnonzero(index.isna())[0])
         raise TimestampError(f"row {pos}: timestamp is missing (NaT)")
+    outside = np.asarray((index < _T_MIN) | (index > _T_MAX))  # any unit, no overflow
+    if outside.any():
+        pos = int(np.argmax(outside))
+        raise TimestampError(f"{row_label(index, pos)}: timestamp is outside {TIME_RANGE}")
     ticks = index.asi8
     steps = ticks[1:] - ticks[:-1]
     if len(steps) and not (steps > 0).all():
@@ -162,17 +179,12 @@ def check_bar(label: str, values: Sequence[float]) -> None:
         raise PriceError(f"{label}: volume {v!r} {problem}")
 
 
-#: Epoch-ms bounds of a nanosecond timestamp (pandas' 1677..2262), with a day of margin.
-T_MIN_MS = int(pd.Timestamp.min.value // 1_000_000) + 86_400_000
-T_MAX_MS = int(pd.Timestamp.max.value // 1_000_000) - 86_400_000
-
-
 def clean_arrays(t_ms: np.ndarray, ohlcv: np.ndarray) -> bool:
     """Whether epoch-ms ``t_ms`` (n,) and ``ohlcv`` (n, 5) already form canonical bars.
 
     True when ``normalize_bars`` would keep them as they are and :func:`validate_bars`
-    would pass them: at least one bar, timestamps strictly increasing and inside pandas'
-    nanosecond range, and the price and volume rules. One vectorised pass.
+    would pass them: at least one bar, timestamps strictly increasing and inside
+    :data:`TIME_RANGE`, and the price and volume rules. One vectorised pass.
     """
     n = len(t_ms)
     if n == 0 or ohlcv.shape != (n, 5):

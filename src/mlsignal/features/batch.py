@@ -33,7 +33,6 @@ same NaNs, and the same error is raised).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +46,7 @@ from mlsignal.features.compute import (
     _check_schema,
     _div,
     _feature_matrix,
+    volume_sum,
 )
 from mlsignal.features.schema import DEFAULT_SCHEMA, FEATURE_CLIP, FEATURE_NAMES, FeatureSchema
 
@@ -293,5 +293,5 @@ def _exact_sums(v: np.ndarray) -> np.ndarray:
     exact = (v == np.floor(v)).all(axis=1) & (np.add.reduce(np.abs(v), axis=1) < _EXACT_INT)
     sums = np.add.reduce(v, axis=1)
     for i in np.flatnonzero(~exact).tolist():
-        sums[i] = math.fsum(v[i].tolist())
+        sums[i] = volume_sum(v[i])  # a sum past float64: a PriceError, as compute says it
     return sums

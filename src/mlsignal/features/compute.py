@@ -16,6 +16,7 @@ on numpy slices and is bit-identical to :func:`feature_window`.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ from mlsignal.errors import (
     FeatureSchemaError,
     InsufficientDataError,
     MissingColumnError,
+    PriceError,
 )
 from mlsignal.features.schema import DEFAULT_SCHEMA, FEATURE_CLIP, FEATURE_NAMES, FeatureSchema
 
@@ -164,13 +166,31 @@ def _returns(c: np.ndarray, r: int) -> dict[str, np.ndarray]:
     return out
 
 
+def volume_sum(v: np.ndarray) -> float:
+    """``math.fsum`` of the finite volumes ``v`` (n,): the volume reference's numerator.
+
+    Volumes near float64's limit (1.8e308) can sum past it; the volume feature is then
+    undefined, and that is a :class:`PriceError` naming the column, not a crash.
+    """
+    try:
+        total = math.fsum(v.tolist())
+    except OverflowError:  # "intermediate overflow in fsum"
+        total = math.inf
+    if not math.isfinite(total):
+        raise PriceError(
+            f"volume overflows: the {len(v)} volumes a window is computed from (largest "
+            f"{float(np.max(v)):.3g}) sum past float64's limit {sys.float_info.max:.3g}"
+        )
+    return total
+
+
 def _volume_z(v: np.ndarray, r: int) -> np.ndarray:
     s = max(0, len(v) - r - 19)  # the 20-bar z-score looks 19 bars back
     # math.fsum: exactly rounded, so the reference never depends on summation order.
     if not np.isfinite(v).all():
         lv = v[s:] * np.nan  # a bad volume makes the feature undefined, reported downstream
     else:
-        ref = math.fsum(v.tolist()) / len(v)
+        ref = volume_sum(v) / len(v)
         lv = np.log1p(v[s:] / ref) if ref > 0 else np.zeros(len(v) - s)
     mean, std = _rolling_mean_std(lv, 20, r)
     return _div(lv[-r:] - mean, std, eps=_VOL_STD_EPS)

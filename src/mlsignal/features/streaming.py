@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from mlsignal.data.io import _EPOCH_UNITS, _YYYYMMDD, normalize_bars
-from mlsignal.data.validate import BAR_COLUMNS, check_bar
+from mlsignal.data.validate import BAR_COLUMNS, T_MAX_NS, T_MIN_NS, TIME_RANGE, check_bar
 from mlsignal.errors import (
     FeatureSchemaError,
     InsufficientDataError,
@@ -71,7 +71,7 @@ def to_ns(ts: Any) -> int:
     numbers: YYYYMMDD integers, or epoch s/ms/us/ns told apart by magnitude.
     """
     if isinstance(ts, (int, float, np.integer, np.floating)) and not isinstance(ts, bool):
-        return _number_ns(float(ts), ts)
+        return _in_range(_number_ns(float(ts), ts), ts)
     try:
         t = pd.Timestamp(ts)
     except (TypeError, ValueError) as exc:
@@ -81,9 +81,16 @@ def to_ns(ts: Any) -> int:
     if t.tzinfo is not None:
         t = t.tz_convert("UTC").tz_localize(None)
     try:
-        return int(t.as_unit("ns").value)
+        return _in_range(int(t.as_unit("ns").value), ts)
     except (OverflowError, pd.errors.OutOfBoundsDatetime):
-        raise TimestampError(f"timestamp {ts!r} is outside 1677..2262") from None
+        raise TimestampError(f"timestamp {ts!r} is outside {TIME_RANGE}") from None
+
+
+def _in_range(ns: int, raw: Any) -> int:
+    """``ns``, or a :class:`TimestampError` when it is outside ``TIME_RANGE``."""
+    if not T_MIN_NS <= ns <= T_MAX_NS:
+        raise TimestampError(f"timestamp {raw!r} is outside {TIME_RANGE}")
+    return ns
 
 
 def _number_ns(x: float, raw: Any) -> int:
@@ -95,7 +102,7 @@ def _number_ns(x: float, raw: Any) -> int:
     try:
         return int(pd.Timestamp(raw, unit=unit).as_unit("ns").value)
     except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
-        raise TimestampError(f"timestamp {raw!r} is outside 1677..2262") from None
+        raise TimestampError(f"timestamp {raw!r} is outside {TIME_RANGE}") from None
 
 
 def split_bar(bar: BarLike) -> tuple[Any, tuple[float, float, float, float, float]]:

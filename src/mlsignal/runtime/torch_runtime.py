@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mlsignal.bundle import WEIGHTS_FILE, Bundle
+from mlsignal.bundle.checks import one_line
 from mlsignal.config import resolve_device
 from mlsignal.errors import BundleIntegrityError
 from mlsignal.models.signal_model import SignalModel, SignalModelConfig
@@ -18,15 +19,25 @@ log = logging.getLogger(__name__)
 
 def build_model(bundle: Bundle, device: str) -> SignalModel:
     """Instantiate the bundle's SignalModel and load its weights onto ``device``."""
-    config = SignalModelConfig.from_dict(bundle.config["model"])
-    model = SignalModel(config)
-    state = torch.load(bundle.file(WEIGHTS_FILE), map_location=device, weights_only=True)
+    try:
+        model = SignalModel(SignalModelConfig.from_dict(bundle.config["model"]))
+    except Exception as e:  # a missing key, a wrong type, an impossible size
+        raise BundleIntegrityError(
+            f"bundle {bundle.path}: config.json's model config cannot build the model "
+            f"({one_line(e)})"
+        ) from None
+    # Read on the CPU, then moved: a device problem is not mistaken for a corrupt file.
+    try:
+        state = torch.load(bundle.file(WEIGHTS_FILE), map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle (weights_only refusals), EOF and OS errors alike
+        raise BundleIntegrityError(
+            f"bundle {bundle.path}: {WEIGHTS_FILE} cannot be loaded ({one_line(e)})"
+        ) from None
     try:
         model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
         raise BundleIntegrityError(
-            f"bundle {bundle.path}: weights do not fit the model config: {first}"
+            f"bundle {bundle.path}: weights do not fit the model config: {one_line(e)}"
         ) from None
     return model.to(device).eval()
 

@@ -31,6 +31,11 @@ def load_keys(
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise ConfigError(f"cannot read the API key file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"the API key file {path} is not UTF-8 text (byte {e.start}); "
+                "write one key per line"
+            ) from None
         from_file = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
         if not from_file:
             raise ConfigError(f"the API key file {path} holds no keys")

@@ -25,6 +25,7 @@ response::
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from mlsignal.data.validate import BAR_COLUMNS
-from mlsignal.errors import WireError
+from mlsignal.data.validate import BAR_COLUMNS, T_MAX_MS, T_MIN_MS, TIME_RANGE
+from mlsignal.errors import TimestampError, WireError
 
 BAR_KEYS = BAR_COLUMNS
 JSON_TYPE = "application/json"
@@ -89,7 +90,16 @@ class BarArrays:
         return cls(t_ms, ohlcv)
 
     def frame(self) -> pd.DataFrame:
-        """The raw bars DataFrame, as :func:`decode_bars` returns it."""
+        """The raw bars DataFrame, as :func:`decode_bars` returns it.
+
+        A timestamp outside ``TIME_RANGE`` is a :class:`TimestampError` naming its row
+        (converted to nanoseconds it would wrap around silently).
+        """
+        pos = _first_outside(self.t_ms)
+        if pos is not None:
+            raise TimestampError(
+                f"row {pos}: timestamp {int(self.t_ms[pos])} ms is outside {TIME_RANGE}"
+            )
         ns = self.t_ms.astype("datetime64[ms]").astype("datetime64[ns]")
         index = pd.DatetimeIndex(ns).rename("timestamp")
         return pd.DataFrame(
@@ -104,11 +114,22 @@ def decode_bar_arrays(doc: Any, where: str, max_bars: int) -> BarArrays:
     t = _number_array(doc.get("t"), f"{where}.t", integer=True)
     if len(t) > max_bars:
         raise WireError(f"{where}.t", f"{len(t)} bars exceed the limit of {max_bars}")
+    pos = _first_outside(t)
+    if pos is not None:
+        raise WireError(
+            f"{where}.t[{pos}]", f"{int(t[pos])} ms is outside {TIME_RANGE} (epoch milliseconds)"
+        )
     cols = [_number_array(doc.get(k), f"{where}.{k}") for k in BAR_KEYS]
     for k, v in zip(BAR_KEYS, cols, strict=True):
         if len(v) != len(t):
             raise WireError(f"{where}.{k}", f"has {len(v)} values but t has {len(t)}")
     return BarArrays(t, np.stack(cols, axis=1))
+
+
+def _first_outside(t_ms: np.ndarray) -> int | None:
+    """Position of the first epoch-ms timestamp outside ``TIME_RANGE``, or ``None``."""
+    outside = (t_ms < T_MIN_MS) | (t_ms > T_MAX_MS)
+    return int(np.argmax(outside)) if outside.any() else None
 
 
 def decode_bars(doc: Any, where: str, max_bars: int) -> pd.DataFrame:
@@ -237,14 +258,44 @@ def encode_windows(windows: np.ndarray) -> dict[str, Any]:
     return {"windows": np.asarray(windows, dtype=np.float32)}
 
 
+def number_tensor(
+    value: Any, where: str, depth: int, error: type[WireError] = WireError
+) -> np.ndarray:
+    """A JSON list of numbers, nested up to ``depth`` lists deep, as a float32 array.
+
+    Only JSON numbers count: ``true``, ``"1.5"`` or ``null`` anywhere is an ``error`` naming
+    ``where`` and the value's row-major position (numpy would take them as 1.0, 1.5, NaN).
+    The shape is the caller's to check.
+    """
+    if not isinstance(value, list):
+        raise error(where, "must be a list of numbers")
+    flat: list = value
+    for _ in range(depth - 1):
+        if not flat or not set(map(type, flat)) <= {list}:
+            break
+        flat = list(itertools.chain.from_iterable(flat))
+    kinds = set(map(type, flat))
+    if list in kinds:
+        raise error(where, "must be a rectangular list of numbers")
+    if not kinds <= _NUMBER_TYPES:
+        i, v = next((i, v) for i, v in enumerate(flat) if type(v) not in _NUMBER_TYPES)
+        shown = f"{type(v).__name__} {v!r}"[:60]
+        raise error(where, f"must hold numbers only; value {i} (row-major) is {shown}")
+    try:
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf: the caller refuses it
+            return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        raise error(where, "must be a rectangular list of numbers") from None
+
+
 def decode_windows(doc: Any, shape: tuple[int, int], max_batch: int) -> np.ndarray:
-    """Validate ``{"windows": [[[...]]]}`` -> float32 ``(B, T, F)``; ``shape`` is (T, F)."""
+    """Validate ``{"windows": [[[...]]]}`` -> float32 ``(B, T, F)``; ``shape`` is (T, F).
+
+    Only numbers are taken (not booleans, strings or null), finite, in the model's shape.
+    """
     if not isinstance(doc, Mapping) or "windows" not in doc:
         raise WireError("windows", "is required: a list of (T, F) windows")
-    try:
-        arr = np.asarray(doc["windows"], dtype=np.float32)
-    except (TypeError, ValueError):
-        raise WireError("windows", "must be a rectangular list of numbers") from None
+    arr = number_tensor(doc["windows"], "windows", depth=3)
     if arr.ndim != 3 or arr.shape[1:] != shape or arr.shape[0] == 0:
         raise WireError(
             "windows", f"has shape {list(arr.shape)}; expected [B, {shape[0]}, {shape[1]}]"

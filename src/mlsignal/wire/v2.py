@@ -43,7 +43,7 @@ import numpy as np
 
 from mlsignal.errors import V2Error, WireError
 from mlsignal.signature import DATATYPE, INPUT_NAME, OUTPUT_NAMES
-from mlsignal.wire import JSON_TYPE, dumps, loads
+from mlsignal.wire import JSON_TYPE, dumps, loads, number_tensor
 
 #: The HTTP header with the JSON inference header's length in bytes.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -280,11 +280,9 @@ def _binary_input(
 
 
 def _json_input(tensor: Mapping[str, Any], dims: list[int]) -> np.ndarray:
-    try:
-        with np.errstate(over="ignore"):  # a number beyond float32 becomes inf: refused below
-            data = np.asarray(tensor.get("data"), dtype=np.float32)
-    except (TypeError, ValueError):
-        raise V2Error("inputs[0].data", "must be a list of numbers in row-major order") from None
+    """``data``: numbers only (flat row-major, or nested), as FP32 takes them; a number
+    beyond float32 becomes inf and is refused by the caller."""
+    data = number_tensor(tensor.get("data"), "inputs[0].data", depth=len(dims), error=V2Error)
     if data.size != dims[0] * dims[1] * dims[2]:
         raise V2Error("inputs[0].data", f"has {data.size} values; shape {dims} needs the product")
     return data.reshape(dims)
