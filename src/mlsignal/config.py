@@ -21,6 +21,8 @@ TIMEOUT_ENV = "GPU_INFERENCE_TIMEOUT"
 PROTOCOL_ENV = "GPU_INFERENCE_PROTOCOL"
 MODEL_NAME_ENV = "GPU_INFERENCE_MODEL_NAME"
 BUNDLE_ENV = "MLSIGNAL_BUNDLE"
+#: Score bars of another interval than the bundle was trained on (1/0; default 0: refused).
+TIMEFRAME_ENV = "ML_ALLOW_TIMEFRAME_MISMATCH"
 #: Switch for the CUDA-graph fast path of the torch backend on CUDA (``0`` turns it off).
 CUDA_GRAPHS_ENV = "ML_CUDA_GRAPHS"
 #: Precision of the CUDA-graph path: fp32 (default), tf32 or bf16.
@@ -56,7 +58,9 @@ class Settings:
     replays CUDA graphs), ``gpu_precision`` (``ML_GPU_PRECISION``: fp32, tf32 or bf16 on that
     path), ``onnx_intra_op_threads``/``onnx_inter_op_threads`` (``ML_ONNX_*_OP_THREADS``;
     ``None``: the CPUs this process may use, and 1). ``bundle`` (``MLSIGNAL_BUNDLE``) is the
-    default bundle directory, ``None`` when unset.
+    default bundle directory, ``None`` when unset. ``allow_timeframe_mismatch``
+    (``ML_ALLOW_TIMEFRAME_MISMATCH``): score bars whose interval differs from the bundle's
+    (refused by default, see :mod:`mlsignal.pipeline.timeframe`).
     """
 
     device: str = "auto"
@@ -71,6 +75,7 @@ class Settings:
     onnx_intra_op_threads: int | None = None
     onnx_inter_op_threads: int | None = None
     bundle: str | None = None
+    allow_timeframe_mismatch: bool = False
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
@@ -116,7 +121,8 @@ class Settings:
             f"protocol={self.protocol!r}, model_name={self.model_name!r}, "
             f"cuda_graphs={self.cuda_graphs}, gpu_precision={self.gpu_precision!r}, "
             f"onnx_intra_op_threads={self.onnx_intra_op_threads}, "
-            f"onnx_inter_op_threads={self.onnx_inter_op_threads}, bundle={self.bundle!r})"
+            f"onnx_inter_op_threads={self.onnx_inter_op_threads}, bundle={self.bundle!r}, "
+            f"allow_timeframe_mismatch={self.allow_timeframe_mismatch})"
         )
 
     @classmethod
@@ -142,6 +148,7 @@ class Settings:
             onnx_intra_op_threads=_thread_env(env, INTRA_OP_ENV),
             onnx_inter_op_threads=_thread_env(env, INTER_OP_ENV),
             bundle=bundle_setting(env),
+            allow_timeframe_mismatch=_switch(env, TIMEFRAME_ENV, False),
         )
 
 

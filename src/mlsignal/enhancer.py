@@ -55,6 +55,7 @@ from mlsignal.pipeline import (
     finish,
     prepare,
     prepare_stream,
+    timeframe,
 )
 from mlsignal.remote_mode import RemoteMode
 from mlsignal.runtime.base import Runtime
@@ -90,6 +91,9 @@ class MLSignalEnhancer:
         streaming: let ``enhance_signal`` take the stream when its bars follow the previous
             call's (see the module docstring). ``False``: every ``enhance_signal`` call
             takes the full path. :meth:`enhance_bar` always streams.
+        allow_timeframe_mismatch: score bars whose interval differs from the one the bundle
+            was trained on (default ``ML_ALLOW_TIMEFRAME_MISMATCH``, off: a
+            :class:`~mlsignal.errors.TimeframeError`).
 
     Construction loads the bundle (and, unless remote-only, the weights with the parity
     gate), so a bad bundle or an unavailable device fails here, not on the first bar.
@@ -109,6 +113,7 @@ class MLSignalEnhancer:
         tls_verify: bool | str = True,
         settings: Settings | None = None,
         streaming: bool = True,
+        allow_timeframe_mismatch: bool | None = None,
     ) -> None:
         settings = settings or Settings.from_env()
         self._settings = settings
@@ -123,6 +128,9 @@ class MLSignalEnhancer:
         self._local_allowed = not urls or local_fallback != "off"
         self._failing: str | None = None  # last local failure, for once-per-change logs
         self._streaming = streaming
+        allow = allow_timeframe_mismatch
+        allow = settings.allow_timeframe_mismatch if allow is None else allow
+        self._timeframe = None if allow else timeframe.bundle_seconds(self.bundle.config)
         #: Per-symbol bars for :meth:`enhance_bar` (``min_bars`` kept per symbol).
         self.streams = FeatureStreams(self.bundle.schema, capacity=self.bundle.min_bars)
         self._follow = FeatureStream(self.bundle.schema, capacity=self.bundle.min_bars)
@@ -252,6 +260,7 @@ class MLSignalEnhancer:
         t0 = time.perf_counter() if t0 is None else t0
         if not prepared:
             return []
+        timeframe.check(self._timeframe, prepared)
         if self.remote is None:
             return self._local(prepared, t0, "local", None)
         results, reason, attempts = self.remote.enhance(prepared, t0)

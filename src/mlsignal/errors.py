@@ -55,6 +55,10 @@ class InsufficientDataError(DataError):
     """Fewer bars than the feature window and its warm-up need."""
 
 
+class TimeframeError(DataError):
+    """Bars of another interval than the bundle was trained on (daily model, hourly bars)."""
+
+
 class FeatureSchemaError(DataError):
     """Feature windows do not match the schema the model was trained with."""
 

@@ -8,6 +8,30 @@ import pytest
 
 from mlsignal.bundle import load_bundle
 from mlsignal.cli.main import main
+from mlsignal.training.presets import get_preset
+
+
+def _neutrality(bundle_path) -> tuple[float, float]:
+    """Mean |enhanced - raw| (score points, ss and bs) and the flat-Kelly share over 300
+    bars of each sample from 2006..2014, before the tiny preset's training span (2015..)."""
+    import numpy as np
+
+    from mlsignal.data import load_sample
+    from mlsignal.enhancer import MLSignalEnhancer
+    from mlsignal.evaluate.scoring import score_bars
+
+    enhancer = MLSignalEnhancer(bundle_path, device="cpu", remote_urls=())
+    frames = []
+    for name in ("sp500", "nasdaq"):
+        bars = load_sample(name)
+        ends = np.flatnonzero((bars.index >= "2006-01-01") & (bars.index < "2015-01-01"))
+        frames.append(score_bars(enhancer, name, bars, ends[:: len(ends) // 300], 128))
+    change = [
+        np.abs(f["enhanced_bs"] - f["bs"]).mean() + np.abs(f["enhanced_ss"] - f["ss"]).mean()
+        for f in frames
+    ]
+    flat = [(f["kelly_side"] == "flat").mean() for f in frames]
+    return float(np.mean(change) / 2), float(np.mean(flat))
 
 
 @pytest.mark.slow
@@ -24,6 +48,45 @@ def test_shuffled_labels_show_no_skill(tmp_path, capsys):
     for model, m in b.manifest["metrics"].items():
         assert abs(m["auc"] - 0.5) < 0.06, f"{model} shows skill on shuffled labels: {m}"
         assert m["n"] > 500
+    assert b.manifest["verdict"]["verdict"] != "skill"
+    assert "verdict" in printed and b.manifest["verdict"]["verdict"].upper() in printed
+    # Neutral fusion: a model without skill leaves the scores and Kelly alone.
+    change, flat = _neutrality(out)
+    assert change < 0.5 and flat >= 0.95, (change, flat)
+
+
+@pytest.mark.slow
+def test_a_real_bundle_without_detected_skill_is_neutral(tiny_bundle):
+    b = load_bundle(tiny_bundle)
+    assert b.manifest["verdict"]["verdict"] in ("no skill detected", "worse than base rate")
+    cal = b.manifest["training"]["calibration"]
+    assert cal["skilled"] is False and b.fusion.base_rate == cal["base_rate"]
+    change, flat = _neutrality(tiny_bundle)
+    assert change < 0.5 and flat >= 0.95, (change, flat)
+
+
+def test_folds_respect_horizon_and_embargo(tiny_bundle):
+    """From the fold boundaries in the manifest: every training label ends more than the
+    preset's embargo before its fold's test period (purge + embargo fed to the splitter)."""
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    preset = get_preset("tiny")
+    h, embargo = preset.labels.horizon, preset.embargo
+    assert embargo > 0 and len(manifest["training"]["folds"]) == preset.n_folds
+    for f in manifest["training"]["folds"]:
+        assert f["train_label_end_pos"] < f["test_first_pos"] - embargo, f
+        assert f["test_first_pos"] - f["train_last_sample_pos"] > h + embargo, f
+        assert f["train_last_sample"] < f["test_first"]
+
+
+def test_calibration_segment_is_disjoint_from_the_shipped_models(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    preset = get_preset("tiny")
+    cal = manifest["training"]["calibration"]
+    seg, final = cal["segment"], cal["final_models"]
+    assert final["label_end_pos"] < seg["first_pos"] - preset.embargo
+    assert final["last_sample"] < seg["first"] and seg["n"] > 100
+    assert cal["skill_test"]["method"].startswith("block permutation")
+    assert all(w >= 0 for w in cal["stack"]["w"])
 
 
 @pytest.mark.slow
@@ -44,4 +107,8 @@ def test_metrics_and_span_are_recorded(tiny_bundle):
     t = manifest["training"]
     assert t["preset"]["name"] == "tiny" and t["seed"] == 0 and t["device"] == "cpu"
     assert t["span"][1].startswith("2018-12")
-    assert set(manifest["metrics"]) == {"lstm", "tft", "stack"}
+    assert set(manifest["metrics"]) == {"lstm", "tft", "stack", "logistic", "boosting"}
+    assert all("ic" in m for m in manifest["metrics"].values())
+    assert manifest["verdict"]["verdict"] in ("skill", "no skill detected", "worse than base rate")
+    config = json.loads((tiny_bundle / "config.json").read_text())
+    assert config["timeframe"] == {"bar_seconds": 86400.0, "name": "1d"}

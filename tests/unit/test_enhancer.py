@@ -155,7 +155,7 @@ def test_a_failing_runtime_degrades_to_rule_scores(tiny_bundle, sp500_bars, capl
         ess, ebs, info = enh.enhance_signal(sp500_bars, 33.0, 44.0)
     assert (ess, ebs) == (33.0, 44.0)
     assert info["source"] == "rules" and "illegal memory access" in info["fallback_reason"]
-    assert info["bull_prob"] == 0.5 and info["kelly"] == 0.0
+    assert info["bull_prob"] == info["base_rate"] and info["kelly"] == 0.0  # no information
     errors = [r for r in caplog.records if "returning rule scores" in r.getMessage()]
     assert len(errors) == 1  # logged once per state change, not once per bar
 

@@ -34,9 +34,21 @@ def train(args: argparse.Namespace) -> int:
         holdout_bars=args.holdout_bars,
         echo=echo,
         onnx=False if args.no_onnx else None,
+        skill_alpha=args.skill_alpha,
     )
-    print("out-of-sample walk-forward metrics (stack: meta-learner fitted on earlier folds):")
+    print(
+        "out-of-sample walk-forward metrics (stack: meta-learner fitted on earlier folds; "
+        "logistic, boosting: baselines on the same windows and folds; ic: rank correlation "
+        "with the forward return):"
+    )
     print(format_metrics_table(result.metrics))
+    print(f"verdict  {result.verdict['verdict'].upper()}: {result.verdict['why']}")
+    cal = result.calibration
+    print(
+        f"shipped  stack + calibration on {cal['segment']['n']} windows "
+        f"{cal['segment']['first'][:10]}..{cal['segment']['last'][:10]} that the final "
+        f"models never saw; base rate {cal['base_rate']:.4f}; map {cal['map']}"
+    )
     print(f"bundle   {result.path}")
     print(f"version  {result.model_version}")
     print(f"contract {result.contract_hash}")

@@ -13,6 +13,7 @@ from mlsignal.cli.options import (
     add_bundle_option,
     add_enhancer_options,
     add_server_limit_options,
+    add_timeframe_option,
     resolve_bundle,
 )
 from mlsignal.errors import ConfigError, MLSignalError
@@ -52,9 +53,28 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="keep the last N bars of each symbol out of training (default: %(default)s)",
     )
+    p.add_argument(
+        "--skill-alpha",
+        type=_probability,
+        default=0.05,
+        help="the calibration segment must show ranking skill at this level (block "
+        "permutation null) for a fitted calibration map to ship; otherwise bull_prob is the "
+        "base rate on every bar, which leaves scores unchanged; 1 always ships the fitted map "
+        "(default: %(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-onnx", action="store_true", help="do not export model.onnx")
     p.set_defaults(func=_cmd_train)
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be within (0, 1], got {text}")
+    return v
 
 
 def _add_enhance(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +172,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND or auto)")
     add_server_limit_options(p)
+    add_timeframe_option(p)
     p.add_argument(
         "--engine",
         default="uvicorn",

@@ -7,6 +7,7 @@ import each other or ``cli/main``. Cheap to import: nothing heavy at module leve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -37,8 +38,21 @@ def cli_settings(args: argparse.Namespace) -> Settings:
     if settings is None:
         from mlsignal.config import Settings
 
-        settings = args.settings = Settings.from_env()
+        settings = Settings.from_env()
+        if getattr(args, "allow_timeframe_mismatch", False):
+            settings = dataclasses.replace(settings, allow_timeframe_mismatch=True)
+        args.settings = settings
     return settings
+
+
+def add_timeframe_option(p: argparse.ArgumentParser) -> None:
+    """``--allow-timeframe-mismatch`` (into :func:`cli_settings`)."""
+    p.add_argument(
+        "--allow-timeframe-mismatch",
+        action="store_true",
+        help="score bars whose interval differs from the one the bundle was trained on "
+        "(default: refused, unless $ML_ALLOW_TIMEFRAME_MISMATCH=1)",
+    )
 
 
 def resolve_bundle(args: argparse.Namespace) -> None:
@@ -72,6 +86,7 @@ def add_enhancer_options(p: argparse.ArgumentParser) -> None:
         help="use a server whose model differs from the local bundle",
     )
     p.add_argument("--cacert", help="CA bundle for https servers with a private CA")
+    add_timeframe_option(p)
 
 
 def add_server_limit_options(p: argparse.ArgumentParser) -> None:
@@ -205,6 +220,7 @@ def server_config(args: argparse.Namespace, keys: tuple[bytes, ...]) -> ServerCo
         default_deadline_ms=getattr(args, "request_timeout_ms", None),
         **_connection_limits(args),
         inline_windows=getattr(args, "inline_windows", ServerConfig.inline_windows),
+        allow_timeframe_mismatch=cli_settings(args).allow_timeframe_mismatch,
         api_keys=keys,
     )
 

@@ -1,19 +1,28 @@
 """Fusing the rule scores (ss, bs) with the model's bull_prob.
 
-Conviction c = (bull_prob - 0.5) / 0.5 in -1..1. With a dead zone d (0 <= d < 1), |c| <= d
-gives 0 and the rest is rescaled so c stays continuous: c' = sign(c) * (|c| - d) / (1 - d).
-Then, with s = strength,
+The model's information is its departure from the *centre* m, the base rate it was
+calibrated to (the share of bullish labels in the training data's calibration segment,
+stored in the bundle), not from 0.5: a calibrated model without skill outputs m on every
+bar, and centring at 0.5 would turn that base rate into a constant long tilt. Only with
+``drift_prior`` (opt-in) is the centre 0.5, so that the drift in the base rate itself tilts
+the scores.
+
+Conviction c in -1..1 is the departure scaled by the room on its side:
+c = (p - m) / (1 - m) above the centre, (p - m) / m below it (p = bull_prob). With a dead zone
+d (0 <= d < 1), |c| <= d gives 0 and the rest is rescaled so c stays continuous:
+c' = sign(c) * (|c| - d) / (1 - d). Then, with s = strength,
 
     enhanced_bs = clip(bs * (1 + s * c), 0, 100)
     enhanced_ss = clip(ss * (1 - s * c), 0, 100)
 
-A confident bullish model raises bs and damps ss, a bearish one the reverse, bull_prob = 0.5
-leaves both unchanged, the outputs stay within 0..100, and a score of 0 stays 0: the model
-never creates a signal the rules did not give.
+A confident bullish model raises bs and damps ss, a bearish one the reverse, bull_prob equal
+to the base rate leaves both unchanged, the outputs stay within 0..100, and a score of 0
+stays 0: the model never creates a signal the rules did not give.
 
-Worked example (strength 0.5, no dead zone): ss = 40, bs = 70, bull_prob = 0.80 gives
-c = 0.6, enhanced_bs = 70 * (1 + 0.5 * 0.6) = 70 * 1.3 = 91.0 and
-enhanced_ss = 40 * (1 - 0.3) = 40 * 0.7 = 28.0.
+Worked example (strength 0.5, no dead zone, base rate 0.55): ss = 40, bs = 70,
+bull_prob = 0.82 gives c = (0.82 - 0.55) / 0.45 = 0.6, enhanced_bs = 70 * (1 + 0.5 * 0.6)
+= 70 * 1.3 = 91.0 and enhanced_ss = 40 * (1 - 0.3) = 40 * 0.7 = 28.0; bull_prob = 0.55
+gives 40 and 70 back.
 """
 
 from __future__ import annotations
@@ -32,16 +41,31 @@ SCORE_MAX = 100.0
 @dataclass(frozen=True)
 class FusionConfig:
     """strength in [0, 1]: how far full conviction moves a score (1 = double or zero it);
-    dead_zone in [0, 1): convictions |c| up to it are ignored."""
+    dead_zone in [0, 1): convictions |c| up to it are ignored; base_rate in (0, 1): the
+    share of bullish labels the model was calibrated to (a bundle from before neutral fusion
+    has none: 0.5); drift_prior: centre at 0.5 instead, so the base rate's drift tilts the
+    scores (and Kelly sizes the unconditional bet, see :mod:`mlsignal.models.kelly`)."""
 
     strength: float = 0.5
     dead_zone: float = 0.0
+    base_rate: float = 0.5
+    drift_prior: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.strength <= 1:
             raise ConfigError(f"strength must be within 0..1, got {self.strength}")
         if not 0 <= self.dead_zone < 1:
             raise ConfigError(f"dead_zone must be within [0, 1), got {self.dead_zone}")
+        if not 0 < self.base_rate < 1:
+            raise ConfigError(f"base_rate must be within (0, 1), got {self.base_rate}")
+        if not isinstance(self.drift_prior, bool):
+            raise ConfigError(f"drift_prior must be true or false, got {self.drift_prior!r}")
+
+    @property
+    def centre(self) -> float:
+        """The bull_prob that leaves the scores unchanged: 0.5 with the drift prior, else
+        the base rate."""
+        return 0.5 if self.drift_prior else self.base_rate
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -58,7 +82,7 @@ def fuse(ss: float, bs: float, bull_prob: float, config: FusionConfig) -> tuple[
     _check_scalar("ss", ss, SCORE_MAX)
     _check_scalar("bs", bs, SCORE_MAX)
     _check_scalar("bull_prob", bull_prob, 1.0)
-    c = _conviction(np.float64(bull_prob), config.dead_zone)
+    c = _conviction(np.float64(bull_prob), config.centre, config.dead_zone)
     e_ss, e_bs = _apply(np.float64(ss), np.float64(bs), c, config.strength)
     return float(e_ss), float(e_bs)
 
@@ -72,18 +96,18 @@ def fuse_batch(
     p = _check_array("bull_prob", bull_prob, 1.0)
     if not ss_a.shape == bs_a.shape == p.shape:
         raise DataError(f"ss {ss_a.shape}, bs {bs_a.shape}, bull_prob {p.shape} differ in shape")
-    c = _conviction(p, config.dead_zone)
+    c = _conviction(p, config.centre, config.dead_zone)
     return _apply(ss_a, bs_a, c, config.strength)
 
 
 def conviction(bull_prob: float, config: FusionConfig) -> float:
     """c in -1..1 after the dead zone (see the module docstring)."""
     _check_scalar("bull_prob", bull_prob, 1.0)
-    return float(_conviction(np.float64(bull_prob), config.dead_zone))
+    return float(_conviction(np.float64(bull_prob), config.centre, config.dead_zone))
 
 
-def _conviction(p: np.ndarray, dead_zone: float) -> np.ndarray:
-    c = (p - 0.5) / 0.5
+def _conviction(p: np.ndarray, centre: float, dead_zone: float) -> np.ndarray:
+    c = np.where(p >= centre, (p - centre) / (1.0 - centre), (p - centre) / centre)
     return np.sign(c) * np.maximum(np.abs(c) - dead_zone, 0.0) / (1.0 - dead_zone)
 
 

@@ -1,9 +1,19 @@
 """Fractional Kelly position size from bull_prob, the volatility regime and training payoffs.
 
-For p = bull_prob and payoff b = mean win / mean loss:
+For p = bull_prob and payoff b = mean win / mean loss, the full Kelly bet is
 
-- p >= 0.5, long:  f* = p - (1 - p) / b_long
-- p <  0.5, short: f* = (1 - p) - p / b_short
+- long:  f_long(p)  = p - (1 - p) / b_long
+- short: f_short(p) = (1 - p) - p / b_short
+
+**Neutral (the default)**: only the model's information is sized, i.e. the bet beyond the
+unconditional one a no-skill model would make at the base rate m (stored in the bundle):
+
+- p > m, long:  f* = f_long(p) - f_long(m)   = (p - m) (1 + 1 / b_long)
+- p < m, short: f* = f_short(p) - f_short(m) = (m - p) (1 + 1 / b_short)
+
+so bull_prob = m is flat, whatever the drift in the training data. **Drift prior** (opt-in,
+``base_rate=None`` here): the plain Kelly bet, long for p >= 0.5 (f_long), short below
+(f_short), which bets the base rate's drift on every bar.
 
 f* <= 0 gives 0 and side "flat"; otherwise kelly = min(cap, f* * fraction * regime_scale[regime])
 (half Kelly, halved again in the high-volatility regime, by default).
@@ -97,20 +107,33 @@ def fit_kelly_params(forward_returns: np.ndarray) -> KellyParams:
 
 
 def kelly_fraction(
-    bull_prob: float, regime: str, params: KellyParams, config: KellyConfig
+    bull_prob: float,
+    regime: str,
+    params: KellyParams,
+    config: KellyConfig,
+    base_rate: float | None = None,
 ) -> tuple[float, str]:
     """bull_prob in [0, 1], regime in low/normal/high -> (kelly in [0, cap], side).
 
-    side is "long" (p >= 0.5), "short" (p < 0.5) or "flat" when the sized bet is 0.
+    ``base_rate`` m: size only the departure from it (neutral, see the module docstring);
+    ``None``: the drift prior. side is "long" (p > m; p >= 0.5 with the drift prior),
+    "short" (below) or "flat" when the sized bet is 0.
     """
-    k, side = kelly_fraction_batch(np.array([bull_prob], np.float64), [regime], params, config)
+    k, side = kelly_fraction_batch(
+        np.array([bull_prob], np.float64), [regime], params, config, base_rate
+    )
     return float(k[0]), str(side[0])
 
 
 def kelly_fraction_batch(
-    bull_prob: np.ndarray, regimes: Sequence[str], params: KellyParams, config: KellyConfig
+    bull_prob: np.ndarray,
+    regimes: Sequence[str],
+    params: KellyParams,
+    config: KellyConfig,
+    base_rate: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """bull_prob (N,), regimes (N,) -> kelly (N,) float64 in [0, cap], sides (N,) str array."""
+    """bull_prob (N,), regimes (N,) -> kelly (N,) float64 in [0, cap], sides (N,) str array.
+    ``base_rate``: as in :func:`kelly_fraction`."""
     p = np.asarray(bull_prob, np.float64).reshape(-1)
     if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
         bad = p[~(np.isfinite(p) & (p >= 0) & (p <= 1))][0]
@@ -120,11 +143,25 @@ def kelly_fraction_batch(
     unknown = sorted(set(regimes) - set(config.regime_scale))
     if unknown:
         raise DataError(f"unknown regime {unknown[0]!r}; expected low, normal or high")
-    long = p >= 0.5
-    f_long = p - (1 - p) / params.payoff_long
-    f_short = (1 - p) - p / params.payoff_short
-    f = np.where(long, f_long, f_short)  # full Kelly, (N,)
+    f, long = _full_kelly(p, params, base_rate)
     scale = np.array([config.regime_scale[r] for r in regimes], np.float64)
     kelly = np.minimum(np.maximum(f, 0.0) * config.fraction * scale, config.cap)
     side = np.where(kelly > 0, np.where(long, 1, 2), 0)
     return kelly, np.asarray(SIDES)[side]
+
+
+def _full_kelly(
+    p: np.ndarray, params: KellyParams, base_rate: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full Kelly f* (N,) and whether each bet is long (N,) bool."""
+    if base_rate is None:  # drift prior: the plain Kelly bet
+        long = p >= 0.5
+        f_long = p - (1 - p) / params.payoff_long
+        f_short = (1 - p) - p / params.payoff_short
+        return np.where(long, f_long, f_short), long
+    if not 0 < base_rate < 1:
+        raise DataError(f"base_rate must be within (0, 1), got {base_rate}")
+    long = p > base_rate
+    f_long = (p - base_rate) * (1 + 1 / params.payoff_long)
+    f_short = (base_rate - p) * (1 + 1 / params.payoff_short)
+    return np.where(long, f_long, f_short), long

@@ -28,21 +28,38 @@ STACK_C = 10.0  # inverse L2 strength of the stacking logistic regression (light
 
 
 def fit_stack(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Fit the meta-learner: logistic regression of y on the two base logits.
+    """Fit the meta-learner: logistic regression of y on the two base logits, with
+    non-negative weights.
 
     logits: (N, 2) float, columns (logit_lstm, logit_tft); y: (N,) labels in {0, 1}.
-    Returns (w (2,), b): stacked = sigmoid(logits @ w + b).
+    Returns (w (2,), b): stacked = sigmoid(logits @ w + b), w >= 0. The objective is
+    scikit-learn's (``C * sum(log loss) + |w|^2 / 2``, C = :data:`STACK_C`); the bound keeps
+    the stack from betting against a base model on fold noise (a negative weight would
+    mean "this model ranks the wrong way round", which no model here is built to do).
     """
-    from sklearn.linear_model import LogisticRegression
+    from scipy.optimize import minimize
 
     logits, y = _check_xy(logits, y, "logits")
     if logits.ndim != 2 or logits.shape[1] != 2:
         raise DataError(f"logits must have shape (N, 2), got {logits.shape}")
     if np.unique(y).size < 2:
         raise DataError("fit_stack needs labels of both classes, got one class only")
-    lr = LogisticRegression(C=STACK_C, max_iter=1000)
-    lr.fit(logits, y.astype(np.int64))
-    return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = logits @ theta[:2] + theta[2]
+        p = _sigmoid(z)
+        nll = np.logaddexp(0.0, z) - y * z  # (N,) log loss of each sample
+        g = p - y
+        grad = np.concatenate([STACK_C * logits.T @ g + theta[:2], [STACK_C * g.sum()]])
+        return float(STACK_C * nll.sum() + 0.5 * theta[:2] @ theta[:2]), grad
+
+    base = np.clip(y.mean(), 1e-6, 1 - 1e-6)
+    start = np.array([0.0, 0.0, np.log(base / (1 - base))])
+    res = minimize(
+        loss, start, jac=True, method="L-BFGS-B", bounds=[(0, None), (0, None), (None, None)]
+    )
+    w = np.maximum(res.x[:2], 0.0)
+    return w.astype(np.float64), float(res.x[2])
 
 
 def apply_stack(logits: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
@@ -95,6 +112,13 @@ def apply_calibration(p: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
     slope = np.diff(y) / np.diff(x)  # (K-1,)
     seg = np.minimum(np.maximum(p, x[:-1]), x[1:]) - x[:-1]  # (N, K-1)
     return np.clip(y[0] + seg @ slope, PROB_EPS, 1.0 - PROB_EPS)
+
+
+def flat_knots(rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """A constant calibration map: every stacked probability becomes ``rate`` (float32-exact),
+    what a model without detectable skill should say."""
+    r = float(np.float32(rate))
+    return np.array([0.0, 1.0]), np.array([r, r])
 
 
 def identity_knots() -> tuple[np.ndarray, np.ndarray]:

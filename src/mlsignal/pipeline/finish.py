@@ -31,7 +31,7 @@ from mlsignal.pipeline.types import Prepared, SignalResult
 ML_INFO_KEYS = (
     "bull_prob", "regime_vol", "regime", "kelly", "kelly_side", "p_lstm", "p_tft",
     "rule_ss", "rule_bs", "model_version", "contract_hash", "source", "device", "backend",
-    "latency_ms", "bar_ts", "fallback_reason", "endpoint", "attempts",
+    "latency_ms", "bar_ts", "fallback_reason", "endpoint", "attempts", "base_rate",
 )  # fmt: skip
 #: Keys a remote answer adds.
 REMOTE_KEYS = ("server_latency_ms", "protocol")
@@ -66,16 +66,19 @@ def finish(
     attempts: int = 0,
 ) -> SignalResult:
     """Model outputs ``(3,)`` (``p_lstm, p_tft, bull_prob``), or ``None`` when no model ran
-    (then ``source`` is ``rules``: scores unchanged, ``bull_prob`` 0.5, Kelly flat) ->
+    (then ``source`` is ``rules``: scores unchanged, ``bull_prob`` the fusion centre, i.e.
+    no information, Kelly flat) ->
     enhanced scores and ``ml_info`` with every key of :data:`ML_INFO_KEYS`."""
     vol = p.regime_vol if p.regime_vol is not None else regime_vol(bundle.garch, p.close)
     regime = classify_regime(bundle.garch, vol)
-    bull = 0.5 if out is None else float(out[2])
+    bull = bundle.fusion.centre if out is None else float(out[2])
     if out is None:
         ess, ebs, kelly, side = p.ss, p.bs, 0.0, "flat"
     else:
         ess, ebs = fuse(p.ss, p.bs, bull, bundle.fusion)
-        kelly, side = kelly_fraction(bull, regime, bundle.kelly_params, bundle.kelly_config)
+        kelly, side = kelly_fraction(
+            bull, regime, bundle.kelly_params, bundle.kelly_config, kelly_base_rate(bundle)
+        )
     info: dict[str, Any] = {
         "bull_prob": bull,
         "regime_vol": vol,
@@ -96,8 +99,14 @@ def finish(
         "fallback_reason": reason,
         "endpoint": None,
         "attempts": attempts,
+        "base_rate": bundle.fusion.base_rate,
     }
     return SignalResult(p.symbol, float(ess), float(ebs), info)
+
+
+def kelly_base_rate(bundle: Bundle) -> float | None:
+    """The base rate Kelly sizes departures from, or ``None`` with the drift prior."""
+    return None if bundle.fusion.drift_prior else bundle.fusion.base_rate
 
 
 def annotate(
@@ -147,6 +156,7 @@ def from_server(doc: Mapping[str, Any]) -> SignalResult:
         raise ValueError(f"ml_info lacks {', '.join(missing)}")
     kept = {k: info.get(k) for k in ML_INFO_KEYS}
     kept["attempts"] = kept["attempts"] or 0
+    kept["base_rate"] = kept["base_rate"] if kept["base_rate"] is not None else 0.5
     return SignalResult(
         str(doc["symbol"]), float(doc["enhanced_ss"]), float(doc["enhanced_bs"]), kept
     )

@@ -33,7 +33,7 @@ from mlsignal.errors import (
     ReloadBusyError,
     VersionPinError,
 )
-from mlsignal.pipeline import Prepared, finish, prepare_many
+from mlsignal.pipeline import Prepared, finish, prepare_many, timeframe
 from mlsignal.server import v2
 from mlsignal.server.admission import RETRY_AFTER_S, AdmissionMiddleware, deadline_of, within
 from mlsignal.server.auth import AuthMiddleware
@@ -263,6 +263,8 @@ async def _enhance_rest(
         parts = [call.items[i : i + k] for i in range(0, len(call.items), k)]
         done = await asyncio.gather(*(svc.blocking(prepare_items, state, p) for p in parts))
         prepared = [p for part in done for p in part]
+    if not svc.config.allow_timeframe_mismatch:
+        timeframe.check(timeframe.bundle_seconds(state.bundle.config), prepared)
     windows = np.stack([p.window for p in prepared])
     out = await svc.batcher.submit(state.runtime, windows, deadline)
     latency_ms = (time.perf_counter() - t0) * 1e3

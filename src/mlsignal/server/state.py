@@ -210,6 +210,8 @@ class ServerConfig:
     max_connections: int = 1024
     #: Open connections from one client address (IPv6: its /64); 0: no cap (behind a proxy).
     max_connections_per_client: int = 256
+    #: Serve bars whose interval differs from the bundle's (422 by default).
+    allow_timeframe_mismatch: bool = False
     api_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-MODEL_ORDER = ("lstm", "tft", "stack")
-METRIC_NAMES = ("auc", "brier", "log_loss", "hit_rate", "base_rate", "n")
+MODEL_ORDER = ("lstm", "tft", "stack", "logistic", "boosting")
+METRIC_NAMES = ("auc", "ic", "brier", "log_loss", "hit_rate", "base_rate", "n")
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:

@@ -24,6 +24,8 @@ class Preset:
     val_frac: float = 0.15
     max_samples_per_symbol: int | None = None
     n_golden: int = 16
+    #: Latest share of the timeline kept from the final models to fit stack + calibration.
+    calib_frac: float = 0.2
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (recorded in the manifest)."""
