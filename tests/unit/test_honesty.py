@@ -132,6 +132,6 @@ def test_timeframe_is_learnt_named_and_checked():
         timeframe.learn({"a": 86400.0, "b": 3600.0})
     assert timeframe.name(4 * 3600) == "4h" and timeframe.name(90) == "90s"
     timeframe.check(86400.0, [_prepared("D"), _prepared("B")])  # weekends are not a timeframe
-    with pytest.raises(TimeframeError, match="BTC: bars are 1h apart .* trained on 1d"):
+    with pytest.raises(TimeframeError, match=r"BTC: bars are 1h apart .* trained on 1d"):
         timeframe.check(86400.0, [_prepared("D"), _prepared("h")])
     timeframe.check(None, [_prepared("h")])  # a bundle from before timeframes: no check
