@@ -78,9 +78,10 @@ predicted| over the reliability bins.</li>
 <li><b>Reliability</b>: points on the diagonal are calibrated; a flat line at the base rate means
 the probability carries no information (the grey control).</li>
 <li><b>Backtest</b>: the same threshold rule turns raw and enhanced scores into positions;
-<i>control_*</i> curves use a shuffled <code>bull_prob</code>. The enhancement helps only if
-<i>enhanced</i> beats both <i>raw</i> and the control&rsquo;s Sharpe null band, after costs; even
-then one period is thin evidence. Each symbol is annualised by its own bar interval.</li>
+<i>control_*</i> curves use <code>bull_prob</code> moved in blocks of bars. The enhancement
+helps only if <i>enhanced</i> beats both <i>raw</i> and the control&rsquo;s Sharpe null band,
+after costs; even then one period is thin evidence. Each symbol is annualised by its own bar
+interval.</li>
 <li>Labels are the training labels (triple barrier, horizon <i>h</i>): the last <i>h</i> bars of
 each symbol have none and count only in the backtest.</li>
 </ul>
