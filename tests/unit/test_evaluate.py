@@ -19,11 +19,10 @@ from mlsignal.evaluate.backtest import (
     run_backtest,
     sharpe,
 )
-from mlsignal.evaluate.controls import shuffle_within
+from mlsignal.evaluate.controls import shuffle_blocks
 from mlsignal.evaluate.metrics import (
     block_metrics,
     expected_calibration_error,
-    permutation_null,
     probability_metrics,
     reliability_bins,
 )
@@ -146,19 +145,6 @@ def test_reliability_bins_and_ece_by_hand() -> None:
     assert ties[1]["lo"] == 0.5 and ties[1]["observed"] == 0.75
 
 
-def test_permutation_null_of_a_perfect_and_a_useless_predictor() -> None:
-    rng = np.random.default_rng(0)
-    y = np.repeat([0.0, 1.0], 100)
-    perfect = permutation_null(y, y * 0.8 + 0.1, 99, seed=1)
-    assert perfect["observed_auc"] == 1.0
-    assert perfect["p_value"] == pytest.approx(1 / 100)  # no shuffle reaches it
-    assert abs(perfect["null_mean"] - 0.5) < 0.02
-    assert perfect["null_q05"] < 0.5 < perfect["null_q95"]
-    useless = permutation_null(y, rng.random(200), 99, seed=1)
-    assert useless["p_value"] > 0.05  # random scores: no evidence of skill
-    assert abs(useless["observed_auc"] - 0.5) < 0.1
-
-
 def test_block_metrics_cut_time_into_equal_blocks() -> None:
     ts = pd.date_range("2020-01-01", periods=8, freq="D").to_numpy()[::-1]  # any order
     y = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
@@ -168,11 +154,16 @@ def test_block_metrics_cut_time_into_equal_blocks() -> None:
     assert blocks[0]["first"] == "2020-01-01" and blocks[1]["last"] == "2020-01-08"
 
 
-def test_shuffle_within_keeps_each_group() -> None:
-    groups = np.array(["a", "a", "a", "b", "b"])
-    values = np.array([1.0, 2.0, 3.0, 10.0, 20.0])
-    out = shuffle_within(groups, values, np.random.default_rng(0))
-    assert sorted(out[:3]) == [1.0, 2.0, 3.0] and sorted(out[3:]) == [10.0, 20.0]
+def test_shuffle_blocks_keeps_each_group_and_its_runs() -> None:
+    groups = np.array(["a"] * 6 + ["b"] * 3)
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0, 20.0, 30.0])
+    for seed in range(5):
+        out = shuffle_blocks(groups, values, 2, np.random.default_rng(seed))
+        assert sorted(out[:6]) == [1, 2, 3, 4, 5, 6] and sorted(out[6:]) == [10, 20, 30]
+        # whole blocks move: (1,2), (3,4), (5,6) stay pairs; b's blocks are (10,20), (30,)
+        pairs = {tuple(out[i : i + 2]) for i in (0, 2, 4)}
+        assert pairs == {(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)}
+        assert out[6:].tolist() in ([10.0, 20.0, 30.0], [30.0, 10.0, 20.0])
 
 
 # --- out-of-sample selection ------------------------------------------------------------------
@@ -246,7 +237,7 @@ def _table(bull_prob: float) -> pd.DataFrame:
                     "enhanced_ss": ss, "enhanced_bs": bs, "bull_prob": bull_prob,
                     "p_lstm": bull_prob, "p_tft": bull_prob, "kelly": 0.0,
                     "kelly_side": "flat", "regime": "normal", "label": float(i % 2 == 0),
-                    "next_ret": rets[i],
+                    "fwd": rets[i], "next_ret": rets[i],
                 }
             )  # fmt: skip
     return pd.DataFrame(rows)
@@ -256,7 +247,7 @@ def test_trading_section_pools_symbols_and_neutral_model_changes_nothing() -> No
     from mlsignal.evaluate.study import trading_section
 
     opts = EvalOptions(cost_bps=0.0, permutations=3)
-    section, curves = trading_section(_bundle(), _table(0.5), opts, per_year=252.0)
+    section, curves = trading_section(_bundle(), _table(0.5), opts, per_year=252.0, block=2)
     pooled = section["pooled"]
     # a: +1,-1,+1,-1 on 0.01,-0.02,0.03,0.01 -> 0.01,0.02,0.03,-0.01; b: 0.02,0,-0.01,-0.01
     expected = np.array([0.015, 0.01, 0.01, -0.01])
@@ -275,9 +266,9 @@ def test_classification_section_needs_labels() -> None:
     from mlsignal.evaluate.study import classification_section
 
     table = _table(0.6)
-    section, _ = classification_section(table, EvalOptions(permutations=5))
+    section, _ = classification_section(table, EvalOptions(permutations=5), block=2)
     assert section["pooled"]["bull_prob"]["n"] == 8
     assert section["pooled"]["bull_prob"]["auc"] == 0.5  # a constant p ranks nothing
     table["label"] = np.nan
     with pytest.raises(DataError, match="have a label"):
-        classification_section(table, EvalOptions())
+        classification_section(table, EvalOptions(), block=2)

@@ -1,7 +1,12 @@
 """No-skill controls: the same numbers with the model's information destroyed.
 
-- labels: the evaluated labels permuted (seeded), scored against the real ``bull_prob``;
-- ``bull_prob``: each symbol's series permuted in time, then passed through the same fusion
+Every shuffle moves whole blocks of consecutive bars within each symbol
+(:func:`~mlsignal.training.skill.block_permutation`), so overlapping labels and serially
+dependent returns keep their dependence and the control is as noisy as no skill really is:
+
+- labels: the evaluated labels (and forward returns) moved in blocks, scored against the real
+  model outputs;
+- ``bull_prob``: each symbol's series moved in blocks, then passed through the same fusion
   (:func:`~mlsignal.models.fusion.fuse_batch`) and Kelly sizing
   (:func:`~mlsignal.models.kelly.kelly_fraction_batch`) as a live call, with the bar's own
   rule scores and regime. A model whose enhanced backtest is no better than these has shown
@@ -16,15 +21,15 @@ import pandas as pd
 from mlsignal.bundle import Bundle
 from mlsignal.models.fusion import fuse_batch
 from mlsignal.models.kelly import kelly_fraction_batch
+from mlsignal.training.skill import block_permutation
 
 
-def shuffle_within(groups: np.ndarray, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``values`` permuted within each group (symbol), so each keeps its own distribution."""
-    out = np.array(values, copy=True)
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
-        out[idx] = values[rng.permutation(idx)]
-    return out
+def shuffle_blocks(
+    groups: np.ndarray, values: np.ndarray, block: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``values`` (N,) moved in whole blocks of ``block`` consecutive rows within each group
+    (symbol; its rows in time order), so each symbol keeps its own values and their runs."""
+    return np.asarray(values)[block_permutation(np.asarray(groups), block, rng)]
 
 
 def rescore(bundle: Bundle, frame: pd.DataFrame, bull_prob: np.ndarray) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Probability metrics against labels: AUC, Brier (with its base rate), log loss,
-reliability bins, a shuffled-label null distribution, and per-period blocks."""
+reliability bins and per-period blocks. The nulls are block permutations (:mod:`.nulls`)."""
 
 from __future__ import annotations
 
@@ -71,33 +71,6 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -
     bins = reliability_bins(y, p, n_bins)
     n = sum(b["count"] for b in bins)
     return float(sum(b["count"] * abs(b["observed"] - b["mean_pred"]) for b in bins) / n)
-
-
-def permutation_null(
-    y: np.ndarray, p: np.ndarray, n_permutations: int, seed: int = 0
-) -> dict[str, Any]:
-    """AUC of ``p`` against ``n_permutations`` shuffles of ``y``: what no skill looks like.
-
-    Returns the observed AUC, the null AUCs' mean, 5 % and 95 % quantiles, and the one-sided
-    p-value ``(1 + #{null >= observed}) / (1 + n)``.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y, p = _checked(y, p)
-    if len(np.unique(y)) < 2 or n_permutations < 1:
-        return {"observed_auc": float("nan"), "n_permutations": 0, "null_auc": []}
-    rng = np.random.default_rng(seed)
-    observed = float(roc_auc_score(y, p))
-    null = np.array([roc_auc_score(rng.permutation(y), p) for _ in range(n_permutations)])
-    return {
-        "observed_auc": observed,
-        "n_permutations": int(n_permutations),
-        "null_mean": float(null.mean()),
-        "null_q05": float(np.quantile(null, 0.05)),
-        "null_q95": float(np.quantile(null, 0.95)),
-        "p_value": float((1 + (null >= observed).sum()) / (1 + n_permutations)),
-        "null_auc": [float(v) for v in null],
-    }
 
 
 def block_metrics(

@@ -105,16 +105,19 @@ def plot_equity(
     return _save(fig, path)
 
 
-def plot_null(null: Sequence[float], observed: float, path: Path) -> Path:
-    """The AUC of bull_prob against shuffled labels (histogram) and the observed AUC."""
+def plot_null(null: Sequence[float], observed: float, path: Path, block: int) -> Path:
+    """The AUC of bull_prob against labels moved in blocks of ``block`` bars (histogram: the
+    block permutation null) and the observed AUC."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     if len(null):
-        ax.hist(null, bins=30, color="grey", alpha=0.7, label=f"{len(null)} shuffles of labels")
+        label = f"{len(null)} block shuffles of labels ({block}-bar blocks)"
+        ax.hist(null, bins=30, color="grey", alpha=0.7, label=label)
+        ax.axvspan(*np.quantile(null, [0.05, 0.95]), color="grey", alpha=0.12, label="5-95 %")
     if np.isfinite(observed):
         ax.axvline(observed, color="#d62728", lw=2, label=f"observed AUC {observed:.3f}")
     ax.axvline(0.5, color="black", lw=0.8)
     ax.set_xlabel("AUC of bull_prob")
-    ax.set_title("No-skill reference: AUC under shuffled labels")
+    ax.set_title("What no skill looks like: AUC under block-shuffled labels")
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -58,7 +58,10 @@ def write_report(
         ),
         "equity": plots.plot_equity(curves, out / "equity.png"),
         "auc_null": plots.plot_null(
-            cls_extra["null_auc"], cls_extra["observed_auc"], out / "auc_null.png"
+            cls_extra["null_auc"],
+            cls_extra["observed_auc"],
+            out / "auc_null.png",
+            cls_extra["block"],
         ),
     }
     metrics["files"] = {k: p.name for k, p in images.items()} | {

@@ -1,14 +1,19 @@
 """``mlsignal evaluate``: an out-of-sample report for a bundle on a data set.
 
 Steps: pick the bars that are out of sample for the bundle (:mod:`.periods`), enhance each
-through the live code path (:mod:`.scoring`), score the probabilities against the
-triple-barrier labels (:mod:`.metrics`), backtest raw against enhanced scores
-(:mod:`.backtest`), repeat both with the model's information shuffled away (:mod:`.controls`),
-and write ``metrics.json``, ``signals.csv``, PNG plots and ``index.html`` (:mod:`.report`).
+through the live code path (:mod:`.scoring`), score plain baselines fitted on the bundle's
+training data beside it (:mod:`.baselines`), score the probabilities against the
+triple-barrier labels and forward returns (:mod:`.metrics`) with block permutation nulls and a
+verdict (:mod:`.nulls`), measure how far the fusion moved the scores (:mod:`.fusion_effect`),
+backtest raw against enhanced scores annualised per symbol (:mod:`.backtest`,
+:mod:`.annualise`), repeat both with the model's information shuffled away in blocks
+(:mod:`.controls`), and write ``metrics.json``, ``signals.csv``, PNG plots and ``index.html``
+(:mod:`.report`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +26,10 @@ import pandas as pd
 
 from mlsignal.bundle import Bundle, load_bundle
 from mlsignal.errors import BundleError, ConfigError, DataError
-from mlsignal.evaluate.backtest import bars_per_year
+from mlsignal.evaluate.annualise import annualisation
+from mlsignal.evaluate.baselines import Baselines, add_baseline_columns, fit_on_training_data
+from mlsignal.evaluate.fusion_effect import fusion_effect
+from mlsignal.evaluate.nulls import null_block, report_verdict
 from mlsignal.evaluate.periods import TrainingSpan, in_sample_mask, oos_mask, training_span
 from mlsignal.evaluate.scoring import label_bars, score_bars
 from mlsignal.evaluate.study import classification_section, trading_section
@@ -39,7 +47,10 @@ class EvalOptions:
     training span; ``allow_in_sample`` evaluates every bar the filters keep, in-sample ones
     included (the report then says it is not honest); ``start``/``end`` (dates) and ``last``
     (bars per symbol) narrow the selection; ``threshold`` (score points) and ``cost_bps``
-    drive the backtest; ``bars_per_year`` of ``None`` is measured from the data."""
+    drive the backtest; ``bars_per_year`` of ``None`` is measured per symbol from its own
+    bars; ``block`` (bars) is the block length of every permutation null and control
+    (``None``: ``max(20, 4 * label horizon)``, never shorter than the horizon);
+    ``allow_timeframe_mismatch`` scores bars of another interval than the training data."""
 
     period: str = "after"
     allow_in_sample: bool = False
@@ -51,11 +62,13 @@ class EvalOptions:
     bars_per_year: float | None = None
     seed: int = 0
     permutations: int = 200
+    block: int | None = None
     bins: int = 10
     blocks: int = 4
     batch_size: int = 256
     device: str = "cpu"
     backend: str | None = None
+    allow_timeframe_mismatch: bool = False
 
     def check(self) -> None:
         """Raise :class:`ConfigError` on a value that cannot work."""
@@ -67,6 +80,8 @@ class EvalOptions:
             raise ConfigError(f"bars_per_year must be > 0, got {self.bars_per_year}")
         if min(self.bins, self.blocks, self.batch_size) < 1 or self.permutations < 0:
             raise ConfigError("bins, blocks and batch_size must be >= 1, permutations >= 0")
+        if self.block is not None and self.block < 1:
+            raise ConfigError(f"block must be >= 1 bar, got {self.block}")
 
 
 @dataclass(frozen=True)
@@ -140,22 +155,59 @@ def evaluate_bundle(
     bars_by_symbol = load_dataset(data)
     selected = _select(bundle, bars_by_symbol, span, opts)
     echo(_selection_line(selected, bars_by_symbol))
-    from mlsignal.enhancer import MLSignalEnhancer
-
-    enhancer = MLSignalEnhancer(bundle, device=opts.device, backend=opts.backend, remote_urls=())
+    block = null_block(bundle, opts)
+    enhancer = _enhancer(bundle, opts)
     table = _score_all(enhancer, bundle, bars_by_symbol, selected, span, opts, echo)
-    per_year = opts.bars_per_year or float(
-        np.median([bars_per_year(b.index) for b in bars_by_symbol.values()])
+    baselines = _baselines(bundle, span, opts, echo)
+    table = add_baseline_columns(table, baselines, bars_by_symbol, selected, bundle.schema)
+    years = annualisation(bars_by_symbol, table, opts.bars_per_year)
+    metrics = _assemble(bundle, span, data, opts, table, years, enhancer, baselines)
+    metrics["classification"], cls_extra = classification_section(table, opts, block)
+    metrics = {
+        "verdict": report_verdict(metrics["classification"], metrics["selection"], FEW_SAMPLES),
+        **metrics,
+    }
+    metrics["fusion_effect"] = fusion_effect(table, base_rate(bundle))
+    metrics["backtest"], curves = trading_section(
+        bundle, table, opts, years["pooled"], block, years["per_symbol"]
     )
-    metrics = _assemble(bundle, span, data, opts, table, per_year, enhancer)
-    metrics["classification"], cls_extra = classification_section(table, opts)
-    metrics["backtest"], curves = trading_section(bundle, table, opts, per_year)
     metrics["seconds"] = time.perf_counter() - t0
     from mlsignal.evaluate.report import write_report
 
     out = write_report(Path(out), metrics, table, cls_extra, curves)
     metrics["seconds"] = time.perf_counter() - t0
     return EvalResult(out, metrics, table, metrics["seconds"])
+
+
+def base_rate(bundle: Bundle) -> float:
+    """The training base rate the bundle's fusion is centred on (0.5 if it records none)."""
+    b = getattr(bundle.fusion, "base_rate", None)
+    return 0.5 if b is None else float(b)
+
+
+def _enhancer(bundle: Bundle, opts: EvalOptions) -> Any:
+    from mlsignal.enhancer import MLSignalEnhancer
+
+    kw: dict[str, Any] = {"allow_timeframe_mismatch": opts.allow_timeframe_mismatch}
+    if "allow_timeframe_mismatch" not in inspect.signature(MLSignalEnhancer).parameters:
+        kw = {}  # an enhancer without the timeframe check: nothing to allow (issue 14)
+    return MLSignalEnhancer(bundle, device=opts.device, backend=opts.backend, remote_urls=(), **kw)
+
+
+def _baselines(
+    bundle: Bundle, span: TrainingSpan | None, opts: EvalOptions, echo: Callable[[str], None]
+) -> Baselines:
+    t = time.perf_counter()
+    labels = LabelConfig(**bundle.config.get("labels", {}))
+    b = fit_on_training_data(span, bundle.schema, labels, opts.seed)
+    if b.models:
+        echo(
+            f"baselines: {' and '.join(b.models)} fitted on {b.info['samples']} training "
+            f"samples in {time.perf_counter() - t:.1f} s"
+        )
+    else:
+        echo(b.info["reason"])
+    return b
 
 
 def _span_or_none(bundle: Bundle, opts: EvalOptions) -> TrainingSpan | None:
@@ -231,12 +283,21 @@ def _assemble(
     data: str,
     opts: EvalOptions,
     table: pd.DataFrame,
-    per_year: float,
+    years: Mapping[str, Any],
     enhancer: Any,
+    baselines: Baselines,
 ) -> dict[str, Any]:
     n_in = int(table["in_sample"].sum())
     status = "in_sample" if n_in else ("oos_forward" if opts.period == "after" else "oos_backward")
     warnings = _warnings(span, table, n_in, status)
+    if not baselines.models:
+        warnings.append(baselines.info["reason"])
+    if opts.allow_timeframe_mismatch:
+        warnings.append(
+            "--allow-timeframe-mismatch: bars of another interval than the training data may "
+            "have been scored; the models, GARCH regime and Kelly were fitted on the training "
+            "interval, so their numbers here may mean little"
+        )
     per_symbol = {
         s: {
             "first": str(g["timestamp"].iloc[0]),
@@ -245,6 +306,7 @@ def _assemble(
             "labelled": int(g["label"].notna().sum()),
             "in_sample_bars": int(g["in_sample"].sum()),
             "in_training_symbols": bool(span is not None and s in span.symbols),
+            "bars_per_year": years["per_symbol"][s],
         }
         for s, g in table.groupby("symbol", sort=False)
     }
@@ -265,7 +327,9 @@ def _assemble(
             "per_symbol": per_symbol,
         },
         "options": asdict(opts),
-        "bars_per_year": per_year,
+        "bars_per_year": years["pooled"],
+        "annualisation": dict(years),
+        "baselines": baselines.info,
     }
 
 

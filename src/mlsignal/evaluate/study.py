@@ -1,7 +1,12 @@
-"""The two halves of the report: probability metrics and the backtest, each with its control."""
+"""The two halves of the report: probability metrics and the backtest, each with its control.
+
+Every control and null moves whole blocks of bars within each symbol (see :mod:`.controls`
+and :mod:`.nulls`); the block length is one number for the whole report.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,63 +22,84 @@ from mlsignal.evaluate.backtest import (
     run_backtest,
     sharpe,
 )
-from mlsignal.evaluate.controls import rescore, shuffle_within
+from mlsignal.evaluate.controls import rescore, shuffle_blocks
 from mlsignal.evaluate.metrics import (
     PROB_COLUMNS,
     block_metrics,
-    permutation_null,
     probability_metrics,
     reliability_bins,
 )
+from mlsignal.evaluate.nulls import null_section
+from mlsignal.training.baselines import BASELINES
+from mlsignal.training.skill import information_coefficient
 
-#: Backtest curves, in table order; ``control_*`` use a shuffled bull_prob.
+#: Backtest curves, in table order; ``control_*`` use a block-shuffled bull_prob.
 STRATEGIES = ("long_only", "raw", "enhanced", "enhanced_kelly", "control_enhanced", "control_kelly")
 
 
-def _by_model(frame: pd.DataFrame, y: np.ndarray) -> dict[str, dict[str, float]]:
-    return {m: probability_metrics(y, frame[m].to_numpy()) for m in PROB_COLUMNS}
+def model_columns(table: pd.DataFrame) -> list[str]:
+    """The probability columns of ``table``: the bundle's outputs, then any baselines."""
+    return [c for c in (*PROB_COLUMNS, *BASELINES) if c in table.columns]
 
 
-def classification_section(table: pd.DataFrame, opts: Any) -> tuple[dict[str, Any], dict]:
-    """Metrics of every model output against the labels, pooled and per symbol, beside the
-    same with permuted labels; reliability bins; the AUC null distribution; time blocks."""
-    lab = table[table["label"].notna()]
+def _by_model(
+    frame: pd.DataFrame, y: np.ndarray, fwd: np.ndarray, models: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for m in models:
+        p = frame[m].to_numpy(np.float64)
+        out[m] = probability_metrics(y, p) | {"ic": information_coefficient(p, fwd)}
+    return out
+
+
+def _labelled(table: pd.DataFrame) -> pd.DataFrame:
+    lab = table[table["label"].notna() & np.isfinite(table["fwd"].to_numpy(np.float64))]
     if len(lab) < 2:
         raise DataError(
             f"{len(lab)} of the {len(table)} evaluated bars have a label (the last bars of a "
             "series have none: their label horizon runs past the data); evaluate more bars"
         )
-    y = lab["label"].to_numpy(np.float64)
+    return lab
+
+
+def classification_section(
+    table: pd.DataFrame, opts: Any, block: int
+) -> tuple[dict[str, Any], dict]:
+    """Metrics (AUC, IC, Brier, ...) of every model output against the labels and forward
+    returns, pooled and per symbol, beside the same with labels moved in blocks of ``block``
+    bars; reliability bins; block permutation nulls of AUC and IC; time blocks."""
+    lab = _labelled(table)
+    models = model_columns(lab)
+    y, fwd = lab["label"].to_numpy(np.float64), lab["fwd"].to_numpy(np.float64)
     sym = lab["symbol"].to_numpy()
     rng = np.random.default_rng(opts.seed)
-    y_perm = shuffle_within(sym, y, rng)
+    idx = shuffle_blocks(sym, np.arange(len(lab)), block, rng)
+    y_perm = y[idx]
     section: dict[str, Any] = {
-        "pooled": _by_model(lab, y),
+        "models": models,
+        "pooled": _by_model(lab, y, fwd, models),
         "per_symbol": {
-            s: _by_model(lab[sym == s], y[sym == s]) for s in dict.fromkeys(sym.tolist())
+            s: _by_model(lab[sym == s], y[sym == s], fwd[sym == s], models)
+            for s in dict.fromkeys(sym.tolist())
         },
         "control": {
-            "what": f"labels permuted within each symbol (seed {opts.seed})",
-            "pooled": _by_model(lab, y_perm),
+            "what": f"labels and forward returns moved in blocks of {block} bars within each "
+            f"symbol (seed {opts.seed})",
+            "pooled": _by_model(lab, y_perm, fwd[idx], models),
         },
-        "reliability": {m: reliability_bins(y, lab[m].to_numpy(), opts.bins) for m in PROB_COLUMNS},
+        "reliability": {m: reliability_bins(y, lab[m].to_numpy(), opts.bins) for m in models},
         "control_reliability": reliability_bins(y_perm, lab["bull_prob"].to_numpy(), opts.bins),
         "blocks": block_metrics(
             lab["timestamp"].to_numpy(), y, lab["bull_prob"].to_numpy(), opts.blocks
         ),
     }
-    nulls = {
-        m: permutation_null(y, lab[m].to_numpy(), opts.permutations, opts.seed + 1)
-        for m in PROB_COLUMNS
-    }
-    section["auc_null"] = {
-        m: {k: v for k, v in d.items() if k != "null_auc"} for m, d in nulls.items()
-    }
+    section["nulls"], null_auc = null_section(lab, models, block, opts)
     extra = {
         "y": y,
         "bull_prob": lab["bull_prob"].to_numpy(),
-        "null_auc": nulls["bull_prob"].get("null_auc", []),
-        "observed_auc": nulls["bull_prob"]["observed_auc"],
+        "null_auc": null_auc,
+        "observed_auc": section["nulls"]["auc"]["bull_prob"]["observed"],
+        "block": block,
     }
     return section, extra
 
@@ -95,7 +121,7 @@ def _positions(bundle: Bundle, g: pd.DataFrame, thr: float, p_shuffled: np.ndarr
 
 def _pool(parts: list[pd.DataFrame]) -> Backtest:
     """Equal weight across symbols, per timestamp (over the symbols that have that bar)."""
-    both = pd.concat(parts, axis=1, keys=range(len(parts)))
+    both = pd.concat(parts, axis=1, keys=range(len(parts)), sort=True)
     mean = {c: both.xs(c, axis=1, level=1).mean(axis=1).to_numpy() for c in parts[0].columns}
     net = mean["net"]
     return Backtest(mean["position"], mean["turnover"], mean["gross"], net, np.cumprod(1 + net))
@@ -111,12 +137,22 @@ def _tradable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def trading_section(
-    bundle: Bundle, table: pd.DataFrame, opts: Any, per_year: float
+    bundle: Bundle,
+    table: pd.DataFrame,
+    opts: Any,
+    per_year: float,
+    block: int,
+    symbol_per_year: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
-    """Backtests of every strategy per symbol and pooled; the control's Sharpe null."""
+    """Backtests of every strategy per symbol and pooled; the control's Sharpe null.
+
+    ``per_year`` annualises the pooled backtest, ``symbol_per_year`` each symbol's own
+    (default: ``per_year``); the controls move bull_prob in blocks of ``block`` bars.
+    """
     trade = _tradable(table)
+    years = dict(symbol_per_year or {})
     rng = np.random.default_rng(opts.seed + 2)
-    p_shuf = shuffle_within(trade["symbol"].to_numpy(), trade["bull_prob"].to_numpy(), rng)
+    p_shuf = shuffle_blocks(trade["symbol"].to_numpy(), trade["bull_prob"].to_numpy(), block, rng)
     per_symbol: dict[str, dict[str, Any]] = {}
     frames: dict[str, list[pd.DataFrame]] = {s: [] for s in STRATEGIES}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -125,12 +161,13 @@ def trading_section(
         pos = _positions(bundle, g, opts.threshold, p_shuf[mask])
         r = g["next_ret"].to_numpy()
         bts = {k: run_backtest(v, r, opts.cost_bps) for k, v in pos.items()}
-        per_symbol[sym] = {k: backtest_stats(bt, per_year) for k, bt in bts.items()}
+        own = years.get(sym, per_year)
+        per_symbol[sym] = {k: backtest_stats(bt, own) for k, bt in bts.items()}
         curves[sym] = {k: (g["timestamp"].to_numpy(), bt.equity) for k, bt in bts.items()}
         for k, bt in bts.items():
             frames[k].append(_frame(bt, g["timestamp"]))
     pooled = {k: _pool(v) for k, v in frames.items()}
-    ts_pooled = pd.concat(frames["raw"], axis=1).index.to_numpy()
+    ts_pooled = pd.concat(frames["raw"], axis=1, sort=True).index.to_numpy()
     curves = {"pooled": {k: (ts_pooled, bt.equity) for k, bt in pooled.items()}, **curves}
     section = {
         "rule": (
@@ -142,26 +179,33 @@ def trading_section(
         "cost_bps": opts.cost_bps,
         "threshold": opts.threshold,
         "bars_per_year": per_year,
+        "bars_per_year_per_symbol": {str(s): years.get(s, per_year) for s in per_symbol},
         "pooled": {k: backtest_stats(bt, per_year) for k, bt in pooled.items()},
         "per_symbol": per_symbol,
-        "sharpe_null": _sharpe_null(bundle, trade, opts, per_year, pooled),
+        "sharpe_null": _sharpe_null(bundle, trade, opts, per_year, block, pooled),
     }
     return section, curves
 
 
 def _sharpe_null(
-    bundle: Bundle, trade: pd.DataFrame, opts: Any, per_year: float, pooled: dict[str, Backtest]
+    bundle: Bundle,
+    trade: pd.DataFrame,
+    opts: Any,
+    per_year: float,
+    block: int,
+    pooled: dict[str, Backtest],
 ) -> dict[str, Any]:
-    """Pooled Sharpe of the enhanced strategies over many shuffles of bull_prob."""
+    """Pooled Sharpe of the enhanced strategies over many block shuffles of bull_prob."""
     n = min(opts.permutations, 100)  # each one re-runs fusion, Kelly and the backtests
+    method = f"block permutation: bull_prob moved in blocks of {block} bars within each symbol"
     if n < 1:
-        return {"n_permutations": 0}
+        return {"n_permutations": 0, "method": method, "block": block}
     rng = np.random.default_rng(opts.seed + 3)
     sym = trade["symbol"].to_numpy()
     groups = list(trade.groupby("symbol", sort=False))
     null: dict[str, list[float]] = {"enhanced": [], "enhanced_kelly": []}
     for _ in range(n):
-        p = shuffle_within(sym, trade["bull_prob"].to_numpy(), rng)
+        p = shuffle_blocks(sym, trade["bull_prob"].to_numpy(), block, rng)
         frames: dict[str, list[pd.DataFrame]] = {"control_enhanced": [], "control_kelly": []}
         for s, g in groups:
             pos = _positions(bundle, g, opts.threshold, p[sym == s])
@@ -170,16 +214,20 @@ def _sharpe_null(
                 frames[k].append(_frame(bt, g["timestamp"]))
         null["enhanced"].append(sharpe(_pool(frames["control_enhanced"]).net, per_year))
         null["enhanced_kelly"].append(sharpe(_pool(frames["control_kelly"]).net, per_year))
-    out: dict[str, Any] = {"n_permutations": n}
+    out: dict[str, Any] = {"n_permutations": n, "method": method, "block": block}
     for k, values in null.items():
-        v = np.asarray(values)
-        v = v[np.isfinite(v)]
-        obs = sharpe(pooled[k].net, per_year)
-        out[k] = {
-            "observed_sharpe": obs,
-            "null_mean": float(v.mean()) if v.size else float("nan"),
-            "null_q05": float(np.quantile(v, 0.05)) if v.size else float("nan"),
-            "null_q95": float(np.quantile(v, 0.95)) if v.size else float("nan"),
-            "p_value": float((1 + (v >= obs).sum()) / (1 + v.size)) if v.size else float("nan"),
-        }
+        out[k] = _null_stats(sharpe(pooled[k].net, per_year), np.asarray(values))
+
     return out
+
+
+def _null_stats(obs: float, v: np.ndarray) -> dict[str, float]:
+    v = v[np.isfinite(v)]
+    nan = float("nan")
+    return {
+        "observed_sharpe": obs,
+        "null_mean": float(v.mean()) if v.size else nan,
+        "null_q05": float(np.quantile(v, 0.05)) if v.size else nan,
+        "null_q95": float(np.quantile(v, 0.95)) if v.size else nan,
+        "p_value": float((1 + (v >= obs).sum()) / (1 + v.size)) if v.size else nan,
+    }

@@ -76,6 +76,12 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if np.unique(y).size == 2 else float("nan")
 
 
+def _finite_ic(p: np.ndarray, fwd: np.ndarray) -> float:
+    # Rows without a return are dropped after the permutation (it moves them too).
+    ok = np.isfinite(fwd)
+    return information_coefficient(p[ok], fwd[ok])
+
+
 def _summary(observed: float, null: np.ndarray) -> dict[str, float]:
     null = null[np.isfinite(null)]
     if not np.isfinite(observed) or null.size == 0:
@@ -113,19 +119,18 @@ def skill_nulls(
         raise DataError(f"y {y.shape}, p {p.shape}, groups {groups.shape} must be (N,) alike")
     rng = np.random.default_rng(seed)
     perms = [block_permutation(groups, block, rng) for _ in range(max(0, n_permutations))]
+    null_auc = np.array([_auc(y[i], p) for i in perms])
     out: dict[str, Any] = {
         "method": f"block permutation: blocks of {block} bars shuffled within each symbol",
         "block": int(block),
         "n_permutations": len(perms),
-        "auc": _summary(_auc(y, p), np.array([_auc(y[i], p) for i in perms])),
+        "auc": _summary(_auc(y, p), null_auc),
     }
-    out["null_auc"] = [float(_auc(y[i], p)) for i in perms[: min(len(perms), 200)]]
+    out["null_auc"] = [float(v) for v in null_auc[:200]]
     if fwd is not None:
         fwd = np.asarray(fwd, np.float64)
-        ok = np.isfinite(fwd)
-        ic = information_coefficient(p[ok], fwd[ok])
-        null_ic = np.array([information_coefficient(p[ok], fwd[i][ok]) for i in perms])
-        out["ic"] = _summary(ic, null_ic)
+        null_ic = np.array([_finite_ic(p, fwd[i]) for i in perms])
+        out["ic"] = _summary(_finite_ic(p, fwd), null_ic)
     return out
 
 
