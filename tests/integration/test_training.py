@@ -13,7 +13,7 @@ from mlsignal.training.presets import get_preset
 
 def _neutrality(bundle_path) -> tuple[float, float]:
     """Mean |enhanced - raw| (score points, ss and bs) and the flat-Kelly share over 300
-    bars of each sample from 2006..2014, before the tiny preset's training span (2015..)."""
+    bars of each sample from 2004..2012, before the tiny preset's training spans (2013..)."""
     import numpy as np
 
     from mlsignal.data import load_sample
@@ -24,7 +24,7 @@ def _neutrality(bundle_path) -> tuple[float, float]:
     frames = []
     for name in ("sp500", "nasdaq"):
         bars = load_sample(name)
-        ends = np.flatnonzero((bars.index >= "2006-01-01") & (bars.index < "2015-01-01"))
+        ends = np.flatnonzero((bars.index >= "2004-01-01") & (bars.index < "2013-01-01"))
         frames.append(score_bars(enhancer, name, bars, ends[:: len(ends) // 300], 128))
     change = [
         np.abs(f["enhanced_bs"] - f["bs"]).mean() + np.abs(f["enhanced_ss"] - f["ss"]).mean()

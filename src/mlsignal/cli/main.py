@@ -50,8 +50,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--holdout-bars",
         type=int,
-        default=0,
-        help="keep the last N bars of each symbol out of training (default: %(default)s)",
+        default=None,
+        help="keep the last N bars of each symbol out of training, for `mlsignal evaluate` "
+        "(default: 10%% of the shortest symbol's bars; 0: train on everything)",
     )
     p.add_argument(
         "--skill-alpha",

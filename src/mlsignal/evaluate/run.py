@@ -13,7 +13,6 @@ backtest raw against enhanced scores annualised per symbol (:mod:`.backtest`,
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -181,17 +180,19 @@ def evaluate_bundle(
 
 def base_rate(bundle: Bundle) -> float:
     """The training base rate the bundle's fusion is centred on (0.5 if it records none)."""
-    b = getattr(bundle.fusion, "base_rate", None)
-    return 0.5 if b is None else float(b)
+    return bundle.fusion.base_rate
 
 
 def _enhancer(bundle: Bundle, opts: EvalOptions) -> Any:
     from mlsignal.enhancer import MLSignalEnhancer
 
-    kw: dict[str, Any] = {"allow_timeframe_mismatch": opts.allow_timeframe_mismatch}
-    if "allow_timeframe_mismatch" not in inspect.signature(MLSignalEnhancer).parameters:
-        kw = {}  # an enhancer without the timeframe check: nothing to allow (issue 14)
-    return MLSignalEnhancer(bundle, device=opts.device, backend=opts.backend, remote_urls=(), **kw)
+    return MLSignalEnhancer(
+        bundle,
+        device=opts.device,
+        backend=opts.backend,
+        remote_urls=(),
+        allow_timeframe_mismatch=opts.allow_timeframe_mismatch,
+    )
 
 
 def _baselines(

@@ -20,6 +20,7 @@ import mlsignal
 from mlsignal.bundle import GOLDEN_FILE, WEIGHTS_FILE, write_bundle
 from mlsignal.config import resolve_device
 from mlsignal.data import load_dataset
+from mlsignal.errors import ConfigError
 from mlsignal.features import DEFAULT_SCHEMA
 from mlsignal.models.fusion import FusionConfig
 from mlsignal.models.garch import fit_garch
@@ -44,6 +45,9 @@ from mlsignal.training.skill import verdict as skill_verdict
 from mlsignal.training.splits import Fold, holdout_tail, purged_walk_forward
 
 log = logging.getLogger(__name__)
+
+#: ``mlsignal train``'s default held-out tail: this share of the shortest symbol's bars.
+HOLDOUT_FRAC = 0.1
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,7 @@ def train_bundle(
     seed: int = 0,
     progress: bool = True,
     shuffle_labels: bool = False,
-    holdout_bars: int = 0,
+    holdout_bars: int | None = 0,
     echo: Callable[[str], None] = log.info,
     onnx: bool | None = None,
     skill_alpha: float = ALPHA,
@@ -233,7 +237,8 @@ def train_bundle(
 
     ``shuffle_labels`` permutes the labels (a control run: it must show no skill).
     ``holdout_bars`` keeps the last bars of every symbol out of training entirely, so a
-    replay of them (``mlsignal demo``) is out of sample. ``onnx`` exports ``model.onnx``
+    replay of them (``mlsignal demo``) or ``mlsignal evaluate`` is out of sample (``None``:
+    :data:`HOLDOUT_FRAC` of the shortest symbol's bars). ``onnx`` exports ``model.onnx``
     into the bundle (``None``: when onnx and onnxruntime are installed). ``skill_alpha``: the
     level at which the calibration segment must show ranking skill for a fitted calibration
     map to ship (else bull_prob is the base rate on every bar; 1.0 always ships the map).
@@ -243,6 +248,11 @@ def train_bundle(
     seed_everything(seed)
     keep_freed_memory()
     bars = load_dataset(data)
+    if holdout_bars is not None and holdout_bars < 0:
+        raise ConfigError(f"holdout_bars must be >= 0, got {holdout_bars}")
+    if holdout_bars is None:
+        holdout_bars = int(HOLDOUT_FRAC * min(len(b) for b in bars.values()))
+        echo(f"holding out the last {holdout_bars} bars of each symbol for evaluate")
     if holdout_bars > 0:
         bars = {k: b.iloc[:-holdout_bars] for k, b in bars.items()}
     ds = build_dataset(bars, DEFAULT_SCHEMA, p.labels, p.max_samples_per_symbol)

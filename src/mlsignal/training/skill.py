@@ -9,8 +9,9 @@ shuffles whole blocks, which keeps the dependence inside a block.
 
 The verdict combines the nulls with the Brier score against the base rate:
 
-- ``skill``: AUC or IC above its block null at ``alpha`` (one-sided), and a Brier score no
-  worse than always predicting the base rate;
+- ``skill``: AUC or IC above its block null at ``alpha / 2`` each (one-sided; Bonferroni, so
+  that two chances stay within ``alpha``), and a Brier score no worse than always predicting
+  the base rate;
 - ``worse than base rate``: a Brier score worse than the base rate by more than
   :data:`BRIER_TOLERANCE` (relative) and no ranking skill: the probabilities hurt;
 - ``no skill detected``: anything else.
@@ -140,7 +141,8 @@ def verdict(
     """``{"verdict": one of VERDICTS, "why": a sentence}`` from :func:`skill_nulls` and the
     Brier score of the probabilities against that of the base rate ``b (1 - b)``."""
     tests = {k: nulls[k] for k in ("auc", "ic") if k in nulls}
-    passed = [k for k, t in tests.items() if np.isfinite(t["p_value"]) and t["p_value"] < alpha]
+    level = alpha / max(1, len(tests))  # Bonferroni: AUC or IC passing is two chances
+    passed = [k for k, t in tests.items() if np.isfinite(t["p_value"]) and t["p_value"] < level]
     shown = ", ".join(
         f"{k.upper()} {t['observed']:.3f} (block null 95% {t['null_q95']:.3f}, "
         f"p {t['p_value']:.3f})"
