@@ -192,14 +192,22 @@ def check_thread_count(value: int | None, name: str) -> int | None:
 def device_setting(spec: str | None = None) -> str:
     """The device setting as asked: ``spec``, else ``ML_INFERENCE_DEVICE``, else ``auto``
     (checked, not resolved)."""
-    return check_device_spec((spec or os.environ.get(DEVICE_ENV, "") or "auto").strip().lower())
+    raw = (spec or os.environ.get(DEVICE_ENV, "") or "auto").strip().lower()
+    return check_device_spec(raw, device_source(spec))
 
 
-def check_device_spec(spec: str) -> str:
-    """Return ``spec`` if it is a valid device setting, else raise :class:`ConfigError`."""
+def device_source(spec: str | None) -> str:
+    """How errors name a device setting: ``device`` when given as an argument (``--device``,
+    ``device=``), the variable's name when read from ``ML_INFERENCE_DEVICE``."""
+    return "device" if spec else DEVICE_ENV
+
+
+def check_device_spec(spec: str, source: str = DEVICE_ENV) -> str:
+    """Return ``spec`` if it is a valid device setting, else raise :class:`ConfigError`
+    naming where it came from (``source``: the variable, or ``device`` for an argument)."""
     if not isinstance(spec, str) or not _DEVICE_RE.match(spec):
         raise ConfigError(
-            f"{DEVICE_ENV}={spec!r} is not a device; choose one of {', '.join(DEVICE_CHOICES)}"
+            f"{source}={spec!r} is not a device; choose one of {', '.join(DEVICE_CHOICES)}"
         )
     return spec
 
@@ -211,7 +219,7 @@ def resolve_device(spec: str | None = None) -> str:
     CUDA is available, else ``cpu``. Asking for CUDA where there is none, or for a GPU index
     that does not exist, raises :class:`DeviceUnavailableError`: never a silent CPU run.
     """
-    spec = device_setting(spec)
+    source, spec = device_source(spec), device_setting(spec)
     if spec == "cpu":
         return "cpu"
     import torch  # only now: the remote-only client never gets here
@@ -221,14 +229,14 @@ def resolve_device(spec: str | None = None) -> str:
         return "cuda:0" if available else "cpu"
     if not available:
         raise DeviceUnavailableError(
-            f"{DEVICE_ENV}={spec!r} asks for CUDA, but torch {torch.__version__} sees no CUDA "
+            f"{source}={spec!r} asks for CUDA, but torch {torch.__version__} sees no CUDA "
             f"device here (torch.cuda.is_available() is False); use 'cpu' or 'auto'"
         )
     index = int(spec.split(":")[1]) if ":" in spec else 0
     count = torch.cuda.device_count()
     if index >= count:
         raise DeviceUnavailableError(
-            f"{DEVICE_ENV}={spec!r} asks for GPU {index}, but only {count} CUDA device(s) exist"
+            f"{source}={spec!r} asks for GPU {index}, but only {count} CUDA device(s) exist"
         )
     return f"cuda:{index}"
 

@@ -157,7 +157,7 @@ def test_bundle_without_onnx_says_how_to_export(exported_copy):
 def test_cuda_without_the_cuda_provider_is_an_error(runtimes, device, monkeypatch):
     bundle = runtimes[1].bundle
     msg = (
-        rf"ML_INFERENCE_DEVICE='{device}' asks for CUDA, but onnxruntime {ort.__version__} "
+        rf"device='{device}' asks for CUDA, but onnxruntime {ort.__version__} "
         r"has no CUDAExecutionProvider \(providers: .*CPUExecutionProvider.*\); "
         r"install onnxruntime-gpu or use cpu"
     )

@@ -83,7 +83,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blocks", type=int, default=4, help="time blocks (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffles (default: 0)")
     p.add_argument("--batch-size", type=int, default=256, help="bars per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N (default: cpu)")
+    p.add_argument(
+        "--device", help="auto, cpu, cuda or cuda:N (default: $ML_INFERENCE_DEVICE or auto)"
+    )
     p.add_argument("--backend", help="torch, onnx or auto (default: $ML_INFERENCE_BACKEND)")
     p.set_defaults(func=evaluate)
 

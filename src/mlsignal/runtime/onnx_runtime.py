@@ -18,11 +18,11 @@ import onnxruntime as ort
 
 from mlsignal.bundle import Bundle
 from mlsignal.config import (
-    DEVICE_ENV,
     INTER_OP_ENV,
     INTRA_OP_ENV,
     check_thread_count,
     device_setting,
+    device_source,
 )
 from mlsignal.errors import BundleError, BundleIntegrityError, DeviceUnavailableError
 from mlsignal.runtime.base import PARITY_ATOL, check_windows
@@ -50,14 +50,14 @@ def resolve_onnx_device(spec: str | None = None) -> str:
     onnxruntime has the CUDA provider, else ``cpu``. ``cuda`` without the provider raises
     :class:`DeviceUnavailableError`.
     """
-    spec = device_setting(spec)
+    source, spec = device_source(spec), device_setting(spec)
     available = ort.get_available_providers()
     has_cuda = CUDA_PROVIDER in available
     if spec == "cpu" or (spec == "auto" and not has_cuda):
         return "cpu"
     if not has_cuda:
         raise DeviceUnavailableError(
-            f"{DEVICE_ENV}={spec!r} asks for CUDA, but onnxruntime {ort.__version__} has no "
+            f"{source}={spec!r} asks for CUDA, but onnxruntime {ort.__version__} has no "
             f"{CUDA_PROVIDER} (providers: {', '.join(available)}); "
             "install onnxruntime-gpu or use cpu"
         )
