@@ -168,3 +168,15 @@ def test_serve_checks_the_grpc_port_before_loading(extra, message, capsys, tmp_p
     assert main(argv) == 2  # the bundle does not exist: the flag is checked before loading
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_log_options_work_before_and_after_the_subcommand():
+    from mlsignal.cli.main import build_parser
+
+    p = build_parser()
+    before = p.parse_args(["--log-level", "INFO", "train", "--out", "x"])
+    after = p.parse_args(["train", "--out", "x", "--log-level", "DEBUG", "--log-json"])
+    neither = p.parse_args(["serve"])
+    assert (before.log_level, before.log_json) == ("INFO", False)
+    assert (after.log_level, after.log_json) == ("DEBUG", True)
+    assert (neither.log_level, neither.log_json) == ("WARNING", False)

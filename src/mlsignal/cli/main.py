@@ -305,10 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="ML-enhanced trading signals: LSTM + TFT + stacking, GARCH regime, Kelly.",
     )
     parser.add_argument("--version", action="version", version=f"mlsignal {__version__}")
-    parser.add_argument(
-        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR"
-    )
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    _add_log_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = (_add_train, _add_enhance, _add_serve, _add_export_onnx, _add_bench, _add_demo)
     for add in commands:
@@ -316,7 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     _add_doctor(sub)
+    for command in sub.choices.values():  # also after the subcommand: `mlsignal serve --log-level`
+        _add_log_options(command, argparse.SUPPRESS)
     return parser
+
+
+def _add_log_options(p: argparse.ArgumentParser, default: str | None) -> None:
+    """``--log-level`` and ``--log-json``; a subcommand's copy has no default of its own
+    (``SUPPRESS``), so that a value given before the subcommand is kept."""
+    p.add_argument(
+        "--log-level",
+        default="WARNING" if default is None else default,
+        help="DEBUG, INFO, WARNING (default), ERROR",
+    )
+    p.add_argument(
+        "--log-json",
+        action="store_true",
+        default=False if default is None else default,
+        help="log one JSON object per line",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
