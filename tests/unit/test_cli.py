@@ -180,3 +180,11 @@ def test_log_options_work_before_and_after_the_subcommand():
     assert (before.log_level, before.log_json) == ("INFO", False)
     assert (after.log_level, after.log_json) == ("DEBUG", True)
     assert (neither.log_level, neither.log_json) == ("WARNING", False)
+
+
+def test_a_busy_machine_is_named_before_timings():
+    from mlsignal.bench.machine import load_warning
+
+    assert load_warning(cpus=2, load1=0.4) is None
+    busy = load_warning(cpus=2, load1=3.5)
+    assert busy.startswith("warning: load average 3.5 on 2 CPU(s)") and "timings" in busy

@@ -18,6 +18,29 @@ from typing import Any
 
 from mlsignal.config import BACKEND_ENV, DEVICE_ENV
 
+#: A 1-minute load average above this share of the CPUs means other work competes.
+BUSY_LOAD_SHARE = 0.5
+
+
+def load_warning(cpus: int | None = None, load1: float | None = None) -> str | None:
+    """A sentence when other processes keep this machine's CPUs busy (timings then measure
+    the contention, not the code), else ``None``. Reads ``os.getloadavg()`` (Unix) and the
+    CPUs this process may use."""
+    if cpus is None:
+        affinity = getattr(os, "sched_getaffinity", None)
+        cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    if load1 is None:
+        try:
+            load1 = os.getloadavg()[0]
+        except OSError:  # not available here
+            return None
+    if load1 <= BUSY_LOAD_SHARE * cpus:
+        return None
+    return (
+        f"warning: load average {load1:.1f} on {cpus} CPU(s): other processes are using the "
+        "CPUs, so the timings below measure the contention too; rerun on an idle machine"
+    )
+
 
 @dataclass(frozen=True)
 class NvidiaInfo:

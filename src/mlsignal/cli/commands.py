@@ -121,6 +121,7 @@ def export_onnx(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """Run the benchmarks and print a table (or JSON); ``--plot`` writes the PNG."""
+    from mlsignal.bench.machine import load_warning
     from mlsignal.bench.run import (
         FULL_BATCHES,
         QUICK_BATCHES,
@@ -131,6 +132,8 @@ def bench(args: argparse.Namespace) -> int:
     )
     from mlsignal.bundle import load_bundle
 
+    if (busy := load_warning()) is not None:
+        print(busy, file=sys.stderr, flush=True)
     batches = QUICK_BATCHES if args.quick else FULL_BATCHES
     if args.batches:
         batches = _positive_ints(args.batches, "--batches")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +129,10 @@ def measure_section(
 
 def doctor(args: argparse.Namespace) -> int:
     """Print the report, advice and measurement; exit 0 (bad settings are shown, not raised)."""
+    from mlsignal.bench.machine import load_warning
+
+    if (busy := load_warning()) is not None:
+        print(busy, file=sys.stderr, flush=True)
     nvidia = query_nvidia_smi()
     report = collect(nvidia)
     report["advice"] = [a.to_dict() for a in advise(report, nvidia)]
