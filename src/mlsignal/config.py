@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlsignal.errors import ConfigError, DeviceUnavailableError
 
@@ -275,3 +276,21 @@ def resolve_backend(
     if onnx_model and has_ort and resolve_device(device) == "cpu":
         return "onnx"
     return "torch"
+
+
+def read_key_file(path: str | os.PathLike[str]) -> list[str]:
+    """The API keys in a key file: one per line, blank lines and ``#`` comments ignored; the
+    same reading for the server (many keys) and a client (one). A file that cannot be read,
+    is not UTF-8 or holds no key is a :class:`ConfigError`."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read the API key file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"the API key file {path} is not UTF-8 text (byte {e.start}); write one key per line"
+        ) from None
+    keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not keys:
+        raise ConfigError(f"the API key file {path} holds no keys")
+    return keys

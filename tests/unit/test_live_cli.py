@@ -99,3 +99,16 @@ def test_jsonl_sink_quarantines_bad_rows_in_a_file_next_to_the_db(
         (str(src), len(lines) - 1, "open 'abc' is not a number")
     ]
     assert not (tmp_path / "live.db").exists()
+
+
+def test_live_reads_its_key_file_like_serve_and_refuses_several_keys(tmp_path):
+    from mlsignal.cli.live import _api_key
+    from mlsignal.errors import ConfigError
+
+    one = tmp_path / "one.key"
+    one.write_text("# this host\n\n  k-123  \n")
+    assert _api_key(str(one)) == "k-123"
+    many = tmp_path / "many.key"
+    many.write_text("k-1\nk-2\n")
+    with pytest.raises(ConfigError, match="holds 2 keys; a client sends one"):
+        _api_key(str(many))

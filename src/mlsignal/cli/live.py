@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsignal.cli.options import add_bundle_option, add_enhancer_options, cli_settings
+from mlsignal.config import read_key_file
 from mlsignal.errors import ConfigError
 
 log = logging.getLogger("mlsignal.live")
@@ -154,16 +155,16 @@ def _cmd_live(args: argparse.Namespace) -> int:
 
 
 def _api_key(path: str | None) -> str | None:
+    """The one key a client sends, read like ``serve --api-key-file`` reads its keys."""
     if not path:
         return None
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise ConfigError(f"--api-key-file {path}: {e.strerror or e}") from e
-    key = lines[0].strip() if lines else ""
-    if not key:
-        raise ConfigError(f"--api-key-file {path}: the first line is empty")
-    return key
+    keys = read_key_file(path)
+    if len(keys) > 1:
+        raise ConfigError(
+            f"--api-key-file {path} holds {len(keys)} keys; a client sends one: give it a file "
+            "with this host's key alone (the server's file lists every host's key)"
+        )
+    return keys[0]
 
 
 def _deadline_ms(args: argparse.Namespace, enhancer: Any) -> float | None:

@@ -6,8 +6,8 @@ import hmac
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
+from mlsignal.config import read_key_file
 from mlsignal.errors import ConfigError
 from mlsignal.server.limits import ASGIApp, Receive, Scope, Send, send_error
 
@@ -27,19 +27,7 @@ def load_keys(
     env = os.environ if env is None else env
     keys = [k.strip() for k in env.get(KEYS_ENV, "").split(",") if k.strip()]
     if path is not None:
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise ConfigError(f"cannot read the API key file {path}: {e.strerror}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"the API key file {path} is not UTF-8 text (byte {e.start}); "
-                "write one key per line"
-            ) from None
-        from_file = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-        if not from_file:
-            raise ConfigError(f"the API key file {path} holds no keys")
-        keys.extend(from_file)
+        keys.extend(read_key_file(path))
     return tuple(dict.fromkeys(k.encode("utf-8") for k in keys))
 
 
