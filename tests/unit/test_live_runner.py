@@ -308,3 +308,15 @@ def test_a_lock_that_outlasts_the_run_ends_it_with_an_error_and_loses_nothing(
     assert _rows(db) == []
     LiveRunner(local, ReplayFeed(spx), SqliteSink(db)).run()
     assert len(_rows(db)) == N_NEW
+
+
+def test_a_replay_reports_its_progress_as_it_goes(local, data, tmp_path):
+    seen: list[str] = []
+    runner = LiveRunner(
+        local, ReplayFeed(data), SqliteSink(tmp_path / "p.db"),
+        progress=lambda s: seen.append(s.progress_line()), progress_s=0.0,
+    )  # fmt: skip
+    summary = runner.run()
+    assert len(seen) >= summary.total > 0
+    assert seen[-1].startswith(f"{summary.total} bars recorded so far (")
+    assert "rejected" in seen[-1]

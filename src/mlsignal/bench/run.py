@@ -249,15 +249,22 @@ def _medians(result: BenchResult, backend: str) -> dict[tuple[str, str, int], fl
     }
 
 
-def run_bench(bundle: Bundle, cfg: BenchConfig) -> BenchResult:
-    """Every benchmark, in one result."""
+def run_bench(
+    bundle: Bundle, cfg: BenchConfig, echo: Callable[[str], None] | None = None
+) -> BenchResult:
+    """Every benchmark, in one result; ``echo`` hears one line as each stage starts."""
+    say = _stages(echo)
     result = BenchResult(machine_info())
+    say(f"model forward: {len(cfg.paths)} path(s) x {len(cfg.batches)} batch sizes")
     bench_forward(bundle, cfg, result)
     if cfg.onnx_default:
+        say("ONNX Runtime with its default settings (the baseline)")
         bench_onnx_default(bundle, cfg, result)
+    say("enhance_signal end to end")
     bench_enhance(bundle, cfg, result)
     add_ratios(result)
     if cfg.server is not None:
+        say("the HTTP server under closed-loop clients")
         from mlsignal.bench.server_bench import run_server_bench
 
         try:
@@ -267,11 +274,26 @@ def run_bench(bundle: Bundle, cfg: BenchConfig) -> BenchResult:
     if cfg.serving is not None:
         from mlsignal.bench.paths import measure_paths
 
+        say("the serving paths (windows, bars, one window, bar-close burst)")
         try:
             result.serving = measure_paths(bundle.path, bundle, cfg.serving)
         except (MLSignalError, OSError) as e:
             result.skipped.append(f"serving paths: {e}")
     return result
+
+
+def _stages(echo: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``echo`` with the stage's number and the seconds since the first stage."""
+    t0 = time.perf_counter()
+    count = 0
+
+    def say(what: str) -> None:
+        nonlocal count
+        count += 1
+        if echo is not None:
+            echo(f"bench [{time.perf_counter() - t0:6.1f} s] stage {count}: {what}")
+
+    return say
 
 
 def format_table(result: BenchResult) -> str:

@@ -143,7 +143,11 @@ def bench(args: argparse.Namespace) -> int:
         batches, 0.3 if args.quick else 1.0, tuple(available_paths()), server=server,
         serving=serving,
     )  # fmt: skip
-    result = run_bench(load_bundle(args.bundle), cfg)
+
+    def echo(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = run_bench(load_bundle(args.bundle), cfg, echo)
     print(json.dumps(result.to_dict()) if args.json else format_table(result))
     if args.plot:
         from mlsignal.bench.plot import plot_forward

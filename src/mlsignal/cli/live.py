@@ -236,6 +236,7 @@ def live(args: argparse.Namespace) -> int:
             scores=scores,
             bar_deadline_ms=_deadline_ms(args, enhancer),
             history_bars=args.history_bars,
+            progress=_progress if spec.kind == "replay" else None,
         )
         with _stop_on_signals(runner):
             summary = runner.run()
@@ -250,6 +251,10 @@ def live(args: argparse.Namespace) -> int:
         for line in summary.lines():  # else the runner has logged it already
             print(f"mlsignal live: {line}", file=sys.stderr)
     return 0
+
+
+def _progress(summary: Any) -> None:
+    print(f"mlsignal live: {summary.progress_line()}", file=sys.stderr, flush=True)
 
 
 class _stop_on_signals:

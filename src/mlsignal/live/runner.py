@@ -104,6 +104,14 @@ class LiveSummary:
         """Bars recorded in this run."""
         return sum(self.recorded.values())
 
+    def progress_line(self) -> str:
+        """One line of where a run stands: bars recorded so far, the rejected, the time."""
+        return (
+            f"{self.total} bars recorded so far ("
+            + ", ".join(f"{s} {n}" for s, n in sorted(self.recorded.items()))
+            + f"), {self.rejected} rejected, {self.seconds:.0f} s"
+        )
+
     def lines(self) -> list[str]:
         """A human summary, one line per symbol then totals."""
         out = [f"{s}: {n} bars recorded" for s, n in sorted(self.recorded.items())]
@@ -164,6 +172,8 @@ class LiveRunner:
             ``min_bars``, the default).
         drain_s: how long the groups still queued for a busy sink may wait when the feed
             ends (see the module docstring).
+        progress: called with the summary so far every ``progress_s`` seconds of the run
+            (a replay's progress line); ``None``: nothing.
     """
 
     def __init__(
@@ -176,6 +186,8 @@ class LiveRunner:
         bar_deadline_ms: float | None = None,
         history_bars: int | None = None,
         drain_s: float = DEFAULT_DRAIN_S,
+        progress: Callable[[LiveSummary], None] | None = None,
+        progress_s: float = 10.0,
     ) -> None:
         if bar_deadline_ms is not None and not bar_deadline_ms > 0:
             raise ConfigError(
@@ -198,6 +210,7 @@ class LiveRunner:
         self._last: dict[str, pd.Timestamp] = {}
         self._worker: _Worker | None = None
         self._failing: str | None = None
+        self.progress, self.progress_s = progress, progress_s
 
     def stop(self) -> None:
         """Ask the loop to finish the current bar group and return (signal-handler safe)."""
@@ -217,9 +230,14 @@ class LiveRunner:
         resume = Resume(self._last.copy(), context_bars=self.keep)
         if self.deadline_s is not None:
             self._worker = _Worker()
+        shown = t0
         try:
             for group in self.feed.ticks(self._stop, resume):
                 self.process(group)
+                if self.progress is not None and time.perf_counter() - shown >= self.progress_s:
+                    shown = time.perf_counter()
+                    self.summary.seconds = shown - t0
+                    self.progress(self.summary)
                 if self._stop.is_set():
                     log.info("stop requested: finished the current bar, shutting down")
                     break
