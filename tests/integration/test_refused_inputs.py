@@ -117,7 +117,7 @@ def test_timestamps_outside_1970_2262_are_422_naming_the_row(http, bars, first_m
 def test_local_bars_before_1970_are_refused_with_the_row(tiny_bundle, bars):
     bars.index = bars.index - (bars.index[0] - np.datetime64("1969-12-25"))
     local = MLSignalEnhancer(tiny_bundle, device="cpu")
-    with pytest.raises(TimestampError, match=r"row 0\b.*1969-12-25 00:00:00.* is outside 1970-"):
+    with pytest.raises(TimestampError, match=r"row 1\b.*1969-12-25 00:00:00.* is outside 1970-"):
         local.enhance_signal(bars, 30.0, 60.0)
 
 

@@ -234,9 +234,9 @@ def test_ambiguous_columns():
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("not a date", r"row 2: timestamp 'not a date' cannot be parsed \(column 'date'\)"),
-        (None, r"row 2: timestamp is missing \(column 'date'\)"),
-        ("2020-13-45", r"row 2: timestamp '2020-13-45' cannot be parsed"),
+        ("not a date", r"row 3: timestamp 'not a date' cannot be parsed \(column 'date'\)"),
+        (None, r"row 3: timestamp is missing \(column 'date'\)"),
+        ("2020-13-45", r"row 3: timestamp '2020-13-45' cannot be parsed"),
     ],
 )
 def test_unparseable_timestamp_names_the_row(value, message):
@@ -249,7 +249,7 @@ def test_unparseable_timestamp_names_the_row(value, message):
 def test_timestamp_out_of_range():
     dates = [*DAYS.strftime("%Y-%m-%d")[:4], "2500-01-01"]
     with pytest.raises(
-        TimestampError, match=r"row 4: timestamp '2500-01-01' .* is outside 1970-01-01\.\.2262"
+        TimestampError, match=r"row 5: timestamp '2500-01-01' .* is outside 1970-01-01\.\.2262"
     ):
         normalize_bars(pd.DataFrame({"date": dates, **ohlcv()}))
 
@@ -257,7 +257,7 @@ def test_timestamp_out_of_range():
 def test_missing_epoch_names_the_row():
     epochs = epoch(DAYS, "ms").astype("float64")
     epochs[3] = np.nan
-    with pytest.raises(TimestampError, match=r"row 3: timestamp is missing"):
+    with pytest.raises(TimestampError, match=r"row 4: timestamp is missing"):
         normalize_bars(pd.DataFrame({"time": epochs, **ohlcv()}))
 
 
@@ -266,7 +266,7 @@ def test_price_that_is_not_a_number_names_row_and_column():
     raw["High"] = raw["High"].astype(object)
     raw.loc[3, "High"] = "n/a"
     with pytest.raises(
-        PriceError, match=r"row 3 \(2020-01-04 00:00:00\): high 'n/a' is not a number"
+        PriceError, match=r"row 4 \(2020-01-04 00:00:00\): high 'n/a' is not a number"
     ):
         normalize_bars(raw)
 
@@ -274,7 +274,7 @@ def test_price_that_is_not_a_number_names_row_and_column():
 def test_unsorted_input_is_refused_not_sorted():
     raw = pd.DataFrame({"date": DAYS[[0, 2, 1, 3, 4]], **ohlcv()})
     with pytest.raises(
-        TimestampError, match=r"row 2 \(2020-01-02 00:00:00\): timestamp is earlier than row 1"
+        TimestampError, match=r"row 3 \(2020-01-02 00:00:00\): timestamp is earlier than row 2"
     ):
         normalize_bars(raw)
 
@@ -283,7 +283,7 @@ def test_normalize_validates():
     raw = pd.DataFrame({"date": DAYS, **ohlcv()})
     raw.loc[4, "High"] = 104.9
     with pytest.raises(
-        PriceError, match=r"row 4 \(2020-01-05 00:00:00\): high 104.9 is below close 105.0"
+        PriceError, match=r"row 5 \(2020-01-05 00:00:00\): high 104.9 is below close 105.0"
     ):
         normalize_bars(raw)
 
@@ -314,7 +314,7 @@ def test_validate_duplicate_timestamp():
     frame = bars().set_axis(DAYS[[0, 1, 2, 2, 3]].rename("timestamp"))
     with pytest.raises(
         TimestampError,
-        match=r"row 3 \(2020-01-03 00:00:00\): timestamp duplicates row 2 \(2020-01-03 00:00:00\)",
+        match=r"row 4 \(2020-01-03 00:00:00\): timestamp duplicates row 3 \(2020-01-03 00:00:00\)",
     ):
         validate_bars(frame)
 
@@ -323,14 +323,14 @@ def test_validate_unsorted():
     frame = bars().set_axis(DAYS[[0, 1, 3, 2, 4]].rename("timestamp"))
     with pytest.raises(
         TimestampError,
-        match=r"row 3 \(2020-01-03 00:00:00\): timestamp is earlier than row 2 \(2020-01-04",
+        match=r"row 4 \(2020-01-03 00:00:00\): timestamp is earlier than row 3 \(2020-01-04",
     ):
         validate_bars(frame)
 
 
 def test_validate_nat():
     frame = bars().set_axis(pd.DatetimeIndex([*DAYS[:4], pd.NaT], name="timestamp"))
-    with pytest.raises(TimestampError, match=r"row 4: timestamp is missing"):
+    with pytest.raises(TimestampError, match=r"row 5: timestamp is missing"):
         validate_bars(frame)
 
 
@@ -372,7 +372,7 @@ def test_validate_bad_price(column, value, problem):
     frame = bars()
     frame.iloc[3, frame.columns.get_loc(column)] = value
     frame.iloc[4, frame.columns.get_loc(column)] = value  # only the first bad row is named
-    with pytest.raises(PriceError, match=rf"^row 3 \(2020-01-04 00:00:00\): {column} {problem}$"):
+    with pytest.raises(PriceError, match=rf"^row 4 \(2020-01-04 00:00:00\): {column} {problem}$"):
         validate_bars(frame)
 
 
@@ -381,7 +381,7 @@ def test_validate_earliest_bad_price_wins_across_columns():
     frame.loc[DAYS[3], "open"] = np.nan
     frame.loc[DAYS[1], "close"] = -1.0
     with pytest.raises(
-        PriceError, match=r"^row 1 \(2020-01-02 00:00:00\): close -1.0 is not positive$"
+        PriceError, match=r"^row 2 \(2020-01-02 00:00:00\): close -1.0 is not positive$"
     ):
         validate_bars(frame)
 
@@ -399,7 +399,7 @@ def test_validate_earliest_bad_price_wins_across_columns():
 def test_validate_inconsistent_high_low(row, message):
     frame = bars()
     frame.iloc[2] = row
-    with pytest.raises(PriceError, match=rf"^row 2 \(2020-01-03 00:00:00\): {message}$"):
+    with pytest.raises(PriceError, match=rf"^row 3 \(2020-01-03 00:00:00\): {message}$"):
         validate_bars(frame)
 
 
@@ -410,7 +410,7 @@ def test_validate_inconsistent_high_low(row, message):
 def test_validate_bad_volume(value, problem):
     frame = bars()
     frame.loc[DAYS[1], "volume"] = value
-    with pytest.raises(PriceError, match=rf"^row 1 \(2020-01-02 00:00:00\): volume {problem}$"):
+    with pytest.raises(PriceError, match=rf"^row 2 \(2020-01-02 00:00:00\): volume {problem}$"):
         validate_bars(frame)
 
 

@@ -86,7 +86,7 @@ def test_a_bad_symbol_in_a_batch_is_named(enhancer, sp500_bars):
     bad = sp500_bars.iloc[-300:].copy()
     bad.iloc[-2, bad.columns.get_loc("high")] = -1.0
     reqs = [SignalRequest("GOOD", sp500_bars, 1, 1), SignalRequest("BAD", bad, 1, 1)]
-    with pytest.raises(PriceError, match=r"^BAD: row 298 .*high"):
+    with pytest.raises(PriceError, match=r"^BAD: row 299 .*high"):
         enhancer.enhance_batch(reqs)
 
 
@@ -242,7 +242,7 @@ def test_a_bad_new_bar_raises_the_full_paths_error(tiny_bundle, sp500_bars):
     live.enhance_signal(sp500_bars.iloc[:-1], 30, 60)
     bad = sp500_bars.copy()
     bad.iloc[-1, bad.columns.get_loc("high")] = 1.0
-    with pytest.raises(PriceError, match=rf"^row {len(bad) - 1} \(2018-12-31 00:00:00\): high"):
+    with pytest.raises(PriceError, match=rf"^row {len(bad)} \(2018-12-31 00:00:00\): high"):
         live.enhance_signal(bad, 30, 60)
 
 

@@ -164,7 +164,7 @@ def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
         pos = int(np.argmax(bad))
         raw = values.iloc[pos]
         what = "is missing" if pd.isna(raw) else f"{raw!r} cannot be parsed"
-        raise TimestampError(f"row {pos}: timestamp {what} (column {values.name!r})")
+        raise TimestampError(f"row {pos + 1}: timestamp {what} (column {values.name!r})")
     index = pd.DatetimeIndex(parsed).tz_convert(None)
     outside = np.asarray((index < _T_MIN) | (index > _T_MAX))  # before as_unit: no overflow
     if outside.any():
@@ -173,7 +173,7 @@ def _parse_timestamps(values: pd.Series) -> pd.DatetimeIndex:
         raw = raw.item() if isinstance(raw, np.generic) else raw
         shown = str(index[pos]) if isinstance(raw, datetime) else f"{raw!r} ({index[pos]})"
         raise TimestampError(
-            f"row {pos}: timestamp {shown} is outside {TIME_RANGE} (column {values.name!r})"
+            f"row {pos + 1}: timestamp {shown} is outside {TIME_RANGE} (column {values.name!r})"
         )
     return index.as_unit("ns").rename("timestamp")
 
@@ -220,7 +220,7 @@ def _to_float(column: pd.Series, name: str, stamps: pd.DatetimeIndex) -> np.ndar
     bad = (numbers.isna() & column.notna()).to_numpy()
     if bad.any():
         pos = int(np.argmax(bad))
-        raise PriceError(f"row {pos} ({stamps[pos]}): {name} {column.iloc[pos]!r} is not a number")
+        raise PriceError(f"row {pos + 1} ({stamps[pos]}): {name} {column.iloc[pos]!r} is not a number")
     return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
 
 

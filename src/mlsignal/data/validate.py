@@ -66,8 +66,9 @@ def validate_bars(bars: pd.DataFrame) -> pd.DataFrame:
 
 
 def row_label(index: pd.Index, pos: int) -> str:
-    """``row 17 (2020-01-05 00:00:00)``: how every message names a row."""
-    return f"row {pos} ({index[pos]})"
+    """``row 17 (2020-01-05 00:00:00)``: how every message names a row; rows count from 1
+    (the first bar is row 1), as a spreadsheet or an editor counts data rows."""
+    return f"row {pos + 1} ({index[pos]})"
 
 
 def _check_index(index: pd.Index) -> pd.DatetimeIndex:
@@ -83,7 +84,7 @@ def _check_index(index: pd.Index) -> pd.DatetimeIndex:
         )
     if index.hasnans:
         pos = int(np.flatnonzero(index.isna())[0])
-        raise TimestampError(f"row {pos}: timestamp is missing (NaT)")
+        raise TimestampError(f"row {pos + 1}: timestamp is missing (NaT)")
     outside = np.asarray((index < _T_MIN) | (index > _T_MAX))  # any unit, no overflow
     if outside.any():
         pos = int(np.argmax(outside))

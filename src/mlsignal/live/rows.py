@@ -396,7 +396,7 @@ def _raise_first(
 
 
 def reason_of(error: Exception) -> str:
-    """An error's message without the ``row 0 (...)`` of a one-row frame."""
+    """An error's message without the ``row 1 (...)`` of a one-row frame."""
     return _ROW_PREFIX.sub("", str(error))
 
 
@@ -409,14 +409,14 @@ def split_symbols(raw: pd.DataFrame, default_symbol: str, where: str) -> dict[st
     """Normalise ``raw`` into ``{symbol: bars}``: by its symbol column, else one symbol.
 
     Errors are prefixed with ``where`` (the path) and, for multi-symbol files, ``[symbol]``;
-    row numbers then count that symbol's rows (0-based).
+    row numbers then count that symbol's rows (from 1).
     """
     col = _symbol_column(raw)
     if col is None:
         return {default_symbol: _normalized(raw, where)}
     if raw[col].isna().any():
         pos = int(np.flatnonzero(raw[col].isna().to_numpy())[0])
-        raise DataError(f"{where}: row {pos}: {col} is missing")
+        raise DataError(f"{where}: row {pos + 1}: {col} is missing")
     out = {}
     for symbol, rows in raw.groupby(raw[col].astype(str).str.strip(), sort=False):
         out[str(symbol)] = _normalized(rows.drop(columns=[col]), f"{where} [{symbol}]")

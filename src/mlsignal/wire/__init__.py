@@ -98,7 +98,7 @@ class BarArrays:
         pos = _first_outside(self.t_ms)
         if pos is not None:
             raise TimestampError(
-                f"row {pos}: timestamp {int(self.t_ms[pos])} ms is outside {TIME_RANGE}"
+                f"row {pos + 1}: timestamp {int(self.t_ms[pos])} ms is outside {TIME_RANGE}"
             )
         ns = self.t_ms.astype("datetime64[ms]").astype("datetime64[ns]")
         index = pd.DatetimeIndex(ns).rename("timestamp")
