@@ -220,7 +220,8 @@ def _to_float(column: pd.Series, name: str, stamps: pd.DatetimeIndex) -> np.ndar
     bad = (numbers.isna() & column.notna()).to_numpy()
     if bad.any():
         pos = int(np.argmax(bad))
-        raise PriceError(f"row {pos + 1} ({stamps[pos]}): {name} {column.iloc[pos]!r} is not a number")
+        shown = column.iloc[pos]
+        raise PriceError(f"row {pos + 1} ({stamps[pos]}): {name} {shown!r} is not a number")
     return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
