@@ -168,3 +168,8 @@ def test_serve_checks_the_grpc_port_before_loading(extra, message, capsys, tmp_p
     assert main(argv) == 2  # the bundle does not exist: the flag is checked before loading
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_ingress_calls_is_a_ray_flag(tmp_path, capsys):
+    assert main(["serve", "--bundle", str(tmp_path), "--ingress-calls", "2"]) == 2
+    assert "--ingress-calls only apply with --engine ray" in capsys.readouterr().err
