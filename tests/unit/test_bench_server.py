@@ -5,6 +5,9 @@ asserted: numbers belong in `mlsignal bench`, not in tests."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 
 import pytest
 
@@ -46,6 +49,60 @@ def test_loadgen_counts_a_refused_connection_as_errors():
     r = run_load(LoadSpec(f"http://127.0.0.1:{free_port()}/", None, requests=3, clients=2))
     assert r.ok == 0 and r.errors == 3 and r.p50_ms is None
     assert set(r.error_kinds) <= {"ConnectionRefusedError", "OSError"}
+
+
+def _flaky_server(fail_every: int) -> tuple[str, threading.Event]:
+    """A loopback HTTP/1.1 server answering 503 to every ``fail_every``-th request, 200 else."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop, count, lock = threading.Event(), [0], threading.Lock()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while not stop.is_set():
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                buf = buf[length:]
+                with lock:
+                    count[0] += 1
+                    status = b"503 Service Unavailable" if count[0] % fail_every == 0 else b"200 OK"
+                conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\nok")
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        listener.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/x", stop
+
+
+def test_loadgen_retries_transient_failures_once_like_the_client():
+    url, stop = _flaky_server(fail_every=3)
+    try:
+        plain = run_load(LoadSpec(url, b"{}", requests=30, clients=2))
+        assert plain.error_kinds == {"http_503": 10} and plain.retried == 0
+        t0 = time.time()
+        r = run_load(LoadSpec(url, b"{}", requests=30, clients=1, retries=1, timeline=True))
+        # one client: a retry is the next request the server sees, never a 503 itself
+        assert (r.ok, r.errors) == (30, 0) and r.retried == r.retried_kinds["http_503"] == 14
+        assert len(r.done_at) == 30 and sum(r.per_second(t0, 60)) == 30
+        assert [k for _, k in r.events] == ["retry:http_503"] * r.retried
+        assert "done_at" not in r.to_dict() and r.to_dict()["retried"] == r.retried
+    finally:
+        stop.set()
 
 
 def test_loadgen_against_a_real_server(tiny_bundle, server_factory):

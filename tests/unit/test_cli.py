@@ -188,3 +188,8 @@ def test_a_busy_machine_is_named_before_timings():
     assert load_warning(cpus=2, load1=0.4) is None
     busy = load_warning(cpus=2, load1=3.5)
     assert busy.startswith("warning: load average 3.5 on 2 CPU(s)") and "timings" in busy
+
+
+def test_ingress_calls_is_a_ray_flag(tmp_path, capsys):
+    assert main(["serve", "--bundle", str(tmp_path), "--ingress-calls", "2"]) == 2
+    assert "--ingress-calls only apply with --engine ray" in capsys.readouterr().err

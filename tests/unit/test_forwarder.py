@@ -106,3 +106,18 @@ def test_the_ray_forwarder_coalesces_windows_while_calls_are_out():
         await forwarder.close()
 
     asyncio.run(main())
+
+
+def test_calls_per_ingress_by_default_give_each_model_replica_one_call():
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed")
+    from mlsignal.errors import ConfigError
+    from mlsignal.server.ray_engine import RayOptions  # imports ray; starts no cluster
+
+    assert RayOptions().calls_per_ingress == 1
+    assert RayOptions(replicas=2, ingress_replicas=8).calls_per_ingress == 1
+    assert RayOptions(replicas=2, ingress_replicas=1).calls_per_ingress == 2  # none idle
+    assert RayOptions(replicas=3, ingress_replicas=2).calls_per_ingress == 2
+    assert RayOptions(autoscale=(1, 8), ingress_replicas=4).calls_per_ingress == 2
+    assert RayOptions(replicas=2, ingress_replicas=8, ingress_calls=4).calls_per_ingress == 4
+    with pytest.raises(ConfigError, match="--ingress-calls must be at least 1"):
+        RayOptions(ingress_calls=0)

@@ -12,6 +12,12 @@ installed): request head pre-built once, one ``write`` per request, ``Content-Le
 chunked responses. It adds much less per-request overhead than ``httpx.AsyncClient``
 (``client="httpx"`` is kept for comparison; see :func:`client_overhead`).
 
+With ``retries`` a transient failure (502/503/504, a dropped or refused connection) is sent
+again after a short jittered pause, as the remote client does (one retry); the request then
+counts by its last outcome, and ``LoadResult.retried`` says how many needed it. With
+``timeline`` the wall-clock time of every good answer is kept (``LoadResult.done_at``), for a
+throughput time series around an event (a replica killed under load).
+
 Only loopback hosts are accepted (``127.0.0.0/8``, ``::1``, ``localhost``): this is a
 benchmark tool, not a way to load somebody else's server. Plain ``http`` only.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +40,11 @@ import numpy as np
 from mlsignal.errors import ConfigError
 
 CLIENT_KINDS = ("raw", "httpx")
+#: Failures the remote client retries (mlsignal.client.policy.RetryPolicy): these statuses
+#: and a connection refused, reset or closed mid-answer. Never a 4xx, a timeout (its time is
+#: spent) or a body that fails ``expect``.
+RETRY_STATUSES = ("http_502", "http_503", "http_504")
+NOT_RETRIED = ("timeout", "unexpected_body", "_ProtocolError")
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,10 @@ class LoadSpec:
         headers: extra request headers (e.g. ``Inference-Header-Content-Length``).
         processes: load generator processes sharing ``clients`` and ``requests`` (one
             Python process cannot send a GPU server's worth of binary tensors).
+        retries: times a transient failure is sent again (the remote client: 1), each after
+            a pause drawn from ``uniform(0, retry_pause_s)``.
+        timeline: keep the wall-clock time of every good answer (``LoadResult.done_at``)
+            and of every retry and final error (``LoadResult.events``).
     """
 
     url: str
@@ -72,6 +88,9 @@ class LoadSpec:
     client: str = "raw"
     headers: tuple[tuple[str, str], ...] = ()
     processes: int = 1
+    retries: int = 0
+    retry_pause_s: float = 0.02
+    timeline: bool = False
 
 
 @dataclass
@@ -92,13 +111,27 @@ class LoadResult:
     req_per_s: float
     windows_per_s: float
     client: str
+    retried: int = 0  # requests sent again after a transient failure (counted by the last try)
+    retried_kinds: dict[str, int] = field(default_factory=dict)  # what the first try got
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    done_at: list[float] = field(default_factory=list, repr=False)  # with ``timeline``
+    events: list[tuple[float, str]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary (without the raw latencies)."""
+        """JSON-able summary (without the raw latencies and timeline)."""
         d = asdict(self)
-        d.pop("latencies_ms")
+        for raw in ("latencies_ms", "done_at", "events"):
+            d.pop(raw)
         return d
+
+    def per_second(self, origin: float, seconds: int) -> list[int]:
+        """Good answers in each second ``[origin + k, origin + k + 1)`` (``timeline`` runs)."""
+        counts = [0] * seconds
+        for t in self.done_at:
+            k = int(t - origin) if t >= origin else -1
+            if 0 <= k < seconds:
+                counts[k] += 1
+        return counts
 
 
 def check_loopback(url: str) -> tuple[str, int, str]:
@@ -134,6 +167,8 @@ def check_spec(spec: LoadSpec) -> tuple[str, int, str]:
         raise ConfigError("load generator: processes must not exceed clients")
     if spec.warmup < 0 or not spec.time_limit_s > 0 or not spec.timeout_s > 0:
         raise ConfigError("load generator: warmup >= 0, time_limit_s > 0 and timeout_s > 0")
+    if spec.retries < 0 or not spec.retry_pause_s >= 0:
+        raise ConfigError("load generator: retries >= 0 and retry_pause_s >= 0")
     return target
 
 
@@ -192,6 +227,9 @@ def _merge(spec: LoadSpec, results: list[LoadResult]) -> LoadResult:
     for r in results:
         tally.latencies.extend(ms / 1e3 for ms in r.latencies_ms)
         tally.errors.update(r.error_kinds)
+        tally.retried.update(r.retried_kinds)
+        tally.done_at.extend(r.done_at)
+        tally.events.extend(r.events)
     return _summarise(spec, tally, max(r.elapsed_s for r in results))
 
 
@@ -204,6 +242,9 @@ class _Tally:
     deadline: float
     latencies: list[float] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+    retried: Counter = field(default_factory=Counter)  # first failures that were retried
+    done_at: list[float] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
 
     def take(self) -> bool:
         """One more request to send, if the count and the time limit allow."""
@@ -242,15 +283,34 @@ async def _warm(client: _Client, spec: LoadSpec, end: float) -> None:
         await _one(client, spec, end)  # errors here surface again in the timed run
 
 
+def transient(kind: str) -> bool:
+    """Would the remote client retry a failure of this kind?"""
+    if kind.startswith("http_"):
+        return kind in RETRY_STATUSES
+    return kind not in NOT_RETRIED
+
+
 async def _drive(client: _Client, tally: _Tally, spec: LoadSpec) -> None:
     while tally.take():
         t0 = time.perf_counter()
         error = await _one(client, spec, tally.deadline)
+        for _ in range(spec.retries):
+            if error is None or not transient(error):
+                break
+            tally.retried[error] += 1
+            if spec.timeline:
+                tally.events.append((time.time(), "retry:" + error))
+            await asyncio.sleep(random.uniform(0.0, spec.retry_pause_s))
+            error = await _one(client, spec, tally.deadline)
         dt = time.perf_counter() - t0
         if error is None:
             tally.latencies.append(dt)
+            if spec.timeline:
+                tally.done_at.append(time.time())
         else:
             tally.errors[error] += 1
+            if spec.timeline:
+                tally.events.append((time.time(), "error:" + error))
 
 
 async def _one(client: _Client, spec: LoadSpec, deadline: float) -> str | None:
@@ -294,7 +354,11 @@ def _summarise(spec: LoadSpec, tally: _Tally, elapsed: float) -> LoadResult:
         req_per_s=rate,
         windows_per_s=rate * spec.windows_per_request,
         client=spec.client,
+        retried=sum(tally.retried.values()),
+        retried_kinds=dict(tally.retried),
         latencies_ms=lat.tolist(),
+        done_at=tally.done_at,
+        events=tally.events,
     )
 
 

@@ -191,6 +191,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--ingress-replicas", type=int, help="HTTP ingress replicas (features, fusion; 1)"
     )
     g.add_argument(
+        "--ingress-calls",
+        type=int,
+        help="calls each ingress replica keeps out to the model replicas; requests arriving "
+        "meanwhile go together in the next call (default: model replicas / ingress replicas, "
+        "rounded up)",
+    )
+    g.add_argument(
         "--target-ongoing", type=float, help="autoscaling target of calls per replica (32)"
     )
     g.add_argument(

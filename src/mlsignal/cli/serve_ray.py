@@ -22,7 +22,7 @@ log = logging.getLogger("mlsignal.server")
 #: Flags that only mean something with ``--engine ray`` (argparse dest names).
 RAY_FLAGS = (
     "replicas", "autoscale", "gpus_per_replica", "cpus_per_replica", "ingress_replicas",
-    "target_ongoing", "address", "ray_num_cpus", "app_name", "route_prefix",
+    "ingress_calls", "target_ongoing", "address", "ray_num_cpus", "app_name", "route_prefix",
 )  # fmt: skip
 MISSING_RAY = "--engine ray needs Ray Serve, which is not installed: pip install 'mlsignal[ray]'"
 
@@ -71,6 +71,7 @@ def ray_options(args: argparse.Namespace) -> Any:
         gpus_per_replica=value("gpus_per_replica", 0.0),
         cpus_per_replica=value("cpus_per_replica", 1.0),
         ingress_replicas=value("ingress_replicas", 1),
+        ingress_calls=args.ingress_calls,
         target_ongoing=value("target_ongoing", 32.0),
         app_name=value("app_name", "mlsignal"),
         route_prefix=prefix,
