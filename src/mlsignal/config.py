@@ -61,7 +61,7 @@ class Settings:
     ``None``: the CPUs this process may use, and 1). ``bundle`` (``MLSIGNAL_BUNDLE``) is the
     default bundle directory, ``None`` when unset. ``allow_timeframe_mismatch``
     (``ML_ALLOW_TIMEFRAME_MISMATCH``): score bars whose interval differs from the bundle's
-    (refused by default, see :mod:`mlsignal.pipeline.timeframe`).
+    (refused by default, see :mod:`mlsignal.data.timeframe`).
     """
 
     device: str = "auto"

@@ -44,7 +44,7 @@ import pandas as pd
 
 from mlsignal.bundle import Bundle, load_bundle
 from mlsignal.config import BUNDLE_ENV, Settings
-from mlsignal.data import BAR_COLUMNS
+from mlsignal.data import BAR_COLUMNS, timeframe
 from mlsignal.errors import ConfigError, DataError, MLSignalError
 from mlsignal.features import FeatureStream, FeatureStreams
 from mlsignal.features.streaming import BarLike
@@ -55,7 +55,6 @@ from mlsignal.pipeline import (
     finish,
     prepare,
     prepare_stream,
-    timeframe,
 )
 from mlsignal.remote_mode import RemoteMode
 from mlsignal.runtime.base import Runtime

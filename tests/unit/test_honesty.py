@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlsignal.data import timeframe
 from mlsignal.errors import ConfigError, TimeframeError
 from mlsignal.models.fusion import FusionConfig, fuse, fuse_batch
 from mlsignal.models.kelly import KellyConfig, KellyParams, kelly_fraction, kelly_fraction_batch
 from mlsignal.models.stack import apply_calibration, fit_stack, flat_knots
-from mlsignal.pipeline import Prepared, timeframe
+from mlsignal.pipeline import Prepared
 from mlsignal.training.skill import block_permutation, default_block, skill_nulls, verdict
 
 NEUTRAL = FusionConfig(base_rate=0.58)

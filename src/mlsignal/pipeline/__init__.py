@@ -17,7 +17,6 @@ number for number.
 
 from __future__ import annotations
 
-from mlsignal.pipeline import timeframe
 from mlsignal.pipeline.finish import ML_INFO_KEYS, annotate, finish, from_server
 from mlsignal.pipeline.prepare import (
     ArrayItem,
@@ -46,6 +45,5 @@ __all__ = [
     "prepare_many",
     "prepare_stream",
     "regime_vol",
-    "timeframe",
     "with_regime_vols",
 ]

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
 from mlsignal import wire
+from mlsignal.data import timeframe
 from mlsignal.errors import (
     BundleError,
     DataError,
@@ -33,7 +34,7 @@ from mlsignal.errors import (
     ReloadBusyError,
     VersionPinError,
 )
-from mlsignal.pipeline import Prepared, finish, prepare_many, timeframe
+from mlsignal.pipeline import Prepared, finish, prepare_many
 from mlsignal.server import v2
 from mlsignal.server.admission import RETRY_AFTER_S, AdmissionMiddleware, deadline_of, within
 from mlsignal.server.auth import AuthMiddleware

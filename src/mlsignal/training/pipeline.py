@@ -19,7 +19,7 @@ from torch import nn
 import mlsignal
 from mlsignal.bundle import GOLDEN_FILE, WEIGHTS_FILE, write_bundle
 from mlsignal.config import resolve_device
-from mlsignal.data import load_dataset
+from mlsignal.data import load_dataset, timeframe
 from mlsignal.errors import ConfigError
 from mlsignal.features import DEFAULT_SCHEMA
 from mlsignal.models.fusion import FusionConfig
@@ -27,7 +27,6 @@ from mlsignal.models.garch import fit_garch
 from mlsignal.models.kelly import KellyConfig, fit_kelly_params
 from mlsignal.models.signal_model import SignalModel, SignalModelConfig
 from mlsignal.models.stack import apply_calibration, apply_stack, fit_calibration, fit_stack
-from mlsignal.pipeline import timeframe
 from mlsignal.training.baselines import fit_baselines, predict_baselines
 from mlsignal.training.calibrate import Calibration, calibrate
 from mlsignal.training.dataset import Dataset, build_dataset

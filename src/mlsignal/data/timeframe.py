@@ -13,13 +13,20 @@ and scoring bars whose median interval differs by more than a factor :data:`TOLE
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
 from mlsignal.errors import ConfigError, TimeframeError
-from mlsignal.pipeline.types import Prepared
+
+
+class Timed(Protocol):
+    """What :func:`check` reads of a prepared symbol: its name and bar timestamps (ns)."""
+
+    symbol: str
+    t_ns: np.ndarray
+
 
 #: Intervals within this factor of each other are the same timeframe.
 TOLERANCE = 1.5
@@ -69,7 +76,7 @@ def bundle_seconds(config: Mapping[str, Any]) -> float | None:
     return None if tf is None else float(tf["bar_seconds"])
 
 
-def check(expected: float | None, prepared: Sequence[Prepared] | Iterable[Prepared]) -> None:
+def check(expected: float | None, prepared: Iterable[Timed]) -> None:
     """Raise :class:`TimeframeError` naming the first symbol whose bars' median interval is
     not within :data:`TOLERANCE` of ``expected`` seconds (``None``: no check)."""
     if expected is None:
