@@ -105,10 +105,24 @@ def test_ic_sits_next_to_auc_pooled_and_per_symbol() -> None:
 
 
 # --- the verdict --------------------------------------------------------------------------------
-def _verdict(table: pd.DataFrame, honest: bool = True, permutations: int = 100) -> dict:
+def _verdict(
+    table: pd.DataFrame, honest: bool = True, permutations: int = 100, base: float | None = None
+) -> dict:
     section, _ = classification_section(table, EvalOptions(permutations=permutations), 20)
     status = "oos_forward" if honest else "in_sample"
-    return report_verdict(section, {"honest": honest, "status": status}, few=250)
+    base = float(table["label"].mean()) if base is None else base
+    return report_verdict(section, {"honest": honest, "status": status}, few=250, base_rate=base)
+
+
+def test_a_bundle_saying_its_base_rate_everywhere_is_no_skill_not_worse() -> None:
+    """The period's share of up-labels drifts from the bundle's; a constant forecast of the
+    bundle's base rate is still only "no information", the reference itself."""
+    table = _overlapping(1000, seed=3)
+    period = float(table["label"].mean())
+    flat = table.assign(bull_prob=period + 0.08)  # the bundle's (training) base rate
+    v = _verdict(flat, base=period + 0.08)
+    assert v["verdict"] == "no skill detected", v
+    assert "the bundle's base rate" in v["why"]
 
 
 def test_verdict_words() -> None:

@@ -82,10 +82,18 @@ def null_section(
 
 
 def report_verdict(
-    classification: Mapping[str, Any], selection: Mapping[str, Any], few: int
+    classification: Mapping[str, Any],
+    selection: Mapping[str, Any],
+    few: int,
+    base_rate: float,
 ) -> dict[str, Any]:
     """The verdict on ``bull_prob`` pooled, its reason, its meaning in plain words and the
-    caveats that weaken it (``few``: below this many labelled bars the sample is small)."""
+    caveats that weaken it (``few``: below this many labelled bars the sample is small).
+
+    The Brier reference is the forecast a model without skill makes: the bundle's
+    ``base_rate`` on every bar (known before the period), not the period's own base rate
+    (known only afterwards). A bundle that says its base rate everywhere is then "no skill
+    detected", however far the period's share of up-labels drifted from it."""
     nulls, pooled = classification["nulls"], classification["pooled"]
     m = pooled["bull_prob"]
     if nulls["n_permutations"] < 1:
@@ -98,7 +106,9 @@ def report_verdict(
         tests = {k: nulls[k]["bull_prob"] for k in ("auc", "ic")}
         if not np.isfinite(tests["ic"]["observed"]):
             tests.pop("ic")  # a constant bull_prob has no rank correlation to test
-        v = verdict(tests, m["brier"], m["brier_base"])
+        b = m["base_rate"]
+        ref = m["brier_base"] + (b - base_rate) ** 2  # Brier of base_rate on every bar
+        v = verdict(tests, m["brier"], ref, reference=f"the bundle's base rate {base_rate:.4f}")
     return {
         "verdict": v["verdict"],
         "plain": PLAIN[v["verdict"]],

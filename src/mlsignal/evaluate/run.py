@@ -163,7 +163,9 @@ def evaluate_bundle(
     metrics = _assemble(bundle, span, data, opts, table, years, enhancer, baselines)
     metrics["classification"], cls_extra = classification_section(table, opts, block)
     metrics = {
-        "verdict": report_verdict(metrics["classification"], metrics["selection"], FEW_SAMPLES),
+        "verdict": report_verdict(
+            metrics["classification"], metrics["selection"], FEW_SAMPLES, base_rate(bundle)
+        ),
         **metrics,
     }
     metrics["fusion_effect"] = fusion_effect(table, base_rate(bundle))

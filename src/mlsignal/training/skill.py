@@ -136,10 +136,16 @@ def skill_nulls(
 
 
 def verdict(
-    nulls: dict[str, Any], brier: float, brier_base: float, alpha: float = ALPHA
+    nulls: dict[str, Any],
+    brier: float,
+    brier_base: float,
+    alpha: float = ALPHA,
+    reference: str = "base rate",
 ) -> dict[str, str]:
     """``{"verdict": one of VERDICTS, "why": a sentence}`` from :func:`skill_nulls` and the
-    Brier score of the probabilities against that of the base rate ``b (1 - b)``."""
+    Brier score of the probabilities against ``brier_base``, that of a constant forecast
+    (``reference`` names it: the sample's base rate ``b (1 - b)``, or the bundle's base rate
+    m, ``b (1 - b) + (b - m)^2``, which a forecaster knows beforehand)."""
     tests = {k: nulls[k] for k in ("auc", "ic") if k in nulls}
     level = alpha / max(1, len(tests))  # Bonferroni: AUC or IC passing is two chances
     passed = [k for k, t in tests.items() if np.isfinite(t["p_value"]) and t["p_value"] < level]
@@ -149,15 +155,15 @@ def verdict(
         for k, t in tests.items()
     )
     bss = 1.0 - brier / brier_base if brier_base > 0 else float("nan")
-    brier_txt = f"Brier {brier:.4f} vs base rate {brier_base:.4f} (skill score {bss:+.4f})"
+    brier_txt = f"Brier {brier:.4f} vs {reference} {brier_base:.4f} (skill score {bss:+.4f})"
     if passed and not bss < -BRIER_TOLERANCE:
         return {"verdict": "skill", "why": f"{shown}; {brier_txt}"}
     if bss < -BRIER_TOLERANCE and not passed:
         return {
             "verdict": "worse than base rate",
-            "why": f"{brier_txt}: always predicting the base rate would do better; {shown}",
+            "why": f"{brier_txt}: always predicting the {reference} would do better; {shown}",
         }
     reason = "no statistic beats its block null" if not passed else "ranking beats the null "
     if passed:
-        reason += "but the probabilities are worse than the base rate"
+        reason += f"but the probabilities are worse than the {reference}"
     return {"verdict": "no skill detected", "why": f"{reason} at {alpha:g}: {shown}; {brier_txt}"}
