@@ -178,7 +178,10 @@ def _oof_metrics(
     yj, pj = y[rows], outputs[judged]
     nulls = skill_nulls(yj, pj, fwd[rows], ds.symbol[oof.idx][rows], block, 200, seed)
     m = metrics[judged]
-    words = skill_verdict(nulls, m["brier"], m["base_rate"] * (1 - m["base_rate"]))
+    words = skill_verdict(
+        nulls, m["brier"], m["base_rate"] * (1 - m["base_rate"]),
+        reference="the test periods' own base rate (known only in hindsight)",
+    )  # fmt: skip
     nulls.pop("null_auc")
     return metrics, {**words, "model": judged, "nulls": nulls}
 
