@@ -48,6 +48,7 @@ from mlsignal.data import BAR_COLUMNS, timeframe
 from mlsignal.errors import ConfigError, DataError, MLSignalError
 from mlsignal.features import FeatureStream, FeatureStreams
 from mlsignal.features.streaming import BarLike
+from mlsignal.frames import RowScores, score_rows
 from mlsignal.pipeline import (
     Prepared,
     SignalRequest,
@@ -244,6 +245,43 @@ class MLSignalEnhancer:
         start-up, validated as a whole like ``enhance_signal``'s input)."""
         with self._lock:
             self.streams.seed(symbol, bars)
+
+    def score_frame(
+        self,
+        df: pd.DataFrame,
+        ss: RowScores = None,
+        bs: RowScores = None,
+        *,
+        symbol: str = "",
+        batch_size: int = 256,
+    ) -> pd.DataFrame:
+        """Score every bar of ``df`` as a live loop would have (a backtest's input).
+
+        Row ``t`` from ``min_bars - 1`` on holds what ``enhance_signal(df.iloc[: t + 1],
+        ss[t], bs[t])`` gives, in :data:`~mlsignal.frames.FRAME_COLUMNS` (``bull_prob,
+        base_rate, p_lstm, p_tft, regime, regime_vol, kelly, kelly_side, enhanced_ss,
+        enhanced_bs, rule_ss, rule_bs, source``); earlier rows NaN (text columns ``None``);
+        ``df``'s index and row order. ``ss``/``bs``: per row (a Series on ``df``'s index, an
+        array), one number, or ``None`` (the built-in MACD rules of each bar). ``df`` is
+        validated as a whole; windows and GARCH run vectorised ``batch_size`` bars at a time,
+        one model pass per chunk, then the finish every path runs.
+
+        Local runtime only: in remote mode the server is not asked (a backtest would flood
+        it); the local runtime is loaded if needed, else a :class:`ConfigError` says why.
+        Bars of another interval than the bundle's raise
+        :class:`~mlsignal.errors.TimeframeError` unless ``allow_timeframe_mismatch``.
+        """
+        if self.runtime is None:
+            raise ConfigError(
+                "score_frame runs the local runtime, and this enhancer has none: "
+                f"{self._runtime_error or 'local_fallback is off'}"
+            )
+
+        def forward(prepared: list[Prepared]) -> list[SignalResult]:
+            timeframe.check(self._timeframe, prepared)
+            return self._local(prepared, time.perf_counter(), "local", None)
+
+        return score_rows(self.bundle, df, ss, bs, forward, symbol=symbol, batch_size=batch_size)
 
     def enhance_batch(self, requests: Sequence[SignalRequest]) -> list[SignalResult]:
         """Enhance many symbols in one call (one forward pass); results in request order."""

@@ -49,6 +49,7 @@ LAYERS = (
     "server",
     "enhancer",
     "live",
+    "adapters",  # other tools' plug-ins (freqtrade): the enhancer and data, as a user calls them
     "evaluate",
     "bench",
     "cli",
@@ -79,7 +80,9 @@ PLACES = {
     "mlsignal.server": "server",
     "mlsignal.enhancer": "enhancer",
     "mlsignal.remote_mode": "enhancer",  # the enhancer's remote half: client + pipeline
+    "mlsignal.frames": "enhancer",  # per-row scoring (score_frame): pipeline + a forward
     "mlsignal.live": "live",
+    "mlsignal.adapters": "adapters",
     "mlsignal.evaluate": "evaluate",
     "mlsignal.bench": "bench",
     "mlsignal.cli": "cli",

@@ -1,8 +1,9 @@
-"""Reading, normalising and validating OHLCV bars; built-in real sample data sets."""
+"""Reading (CSV, Parquet, freqtrade's Feather), normalising and validating OHLCV bars;
+built-in real sample data sets."""
 
 from __future__ import annotations
 
-from mlsignal.data.io import normalize_bars, read_bars
+from mlsignal.data.io import normalize_bars, normalize_rows, read_bars, symbol_of
 from mlsignal.data.samples import SAMPLES, load_dataset, load_sample
 from mlsignal.data.validate import (
     BAR_COLUMNS,
@@ -21,6 +22,8 @@ __all__ = [
     "load_dataset",
     "load_sample",
     "normalize_bars",
+    "normalize_rows",
     "read_bars",
+    "symbol_of",
     "validate_bars",
 ]

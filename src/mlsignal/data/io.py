@@ -3,12 +3,18 @@
 Canonical bars: a ``DatetimeIndex`` named ``timestamp`` (tz-naive, UTC, nanoseconds) and
 float64 columns ``open, high, low, close, volume`` in that order. Rows in error messages are
 0-based positions in the input frame.
+
+Files: CSV (``.csv``, ``.csv.gz``), Parquet (``.parquet``, ``.pq``) and Feather (``.feather``:
+the files freqtrade keeps in ``user_data/data/<exchange>/<PAIR>-<timeframe>.feather``, with a
+UTC ``date`` column; read with pyarrow, which the ``train`` and ``freqtrade`` extras bring).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +22,13 @@ import numpy as np
 import pandas as pd
 
 from mlsignal.data.validate import BAR_COLUMNS, T_MAX_NS, T_MIN_NS, TIME_RANGE, validate_bars
-from mlsignal.errors import DataError, MissingColumnError, PriceError, TimestampError
+from mlsignal.errors import (
+    ConfigError,
+    DataError,
+    MissingColumnError,
+    PriceError,
+    TimestampError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +37,10 @@ TIMESTAMP_NAMES: tuple[str, ...] = ("timestamp", "datetime", "date", "time")
 ALIASES: dict[str, tuple[str, ...]] = {"volume": ("volume", "vol")}
 CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz")
 PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
+FEATHER_SUFFIXES: tuple[str, ...] = (".feather",)
+#: Every bars file suffix :func:`read_bars` reads.
+BAR_FILE_SUFFIXES: tuple[str, ...] = CSV_SUFFIXES + PARQUET_SUFFIXES + FEATHER_SUFFIXES
+Reader = Callable[[Path], pd.DataFrame]
 
 # Epoch magnitude -> unit. 1e11 s is the year 5138 while 1e11 ms is 1973, so the largest
 # |value| tells the unit of any date between 1973 and 5138.
@@ -35,31 +51,68 @@ _T_MIN, _T_MAX = pd.Timestamp(T_MIN_NS), pd.Timestamp(T_MAX_NS)
 
 
 def read_bars(path: str | Path) -> pd.DataFrame:
-    """Read a ``.csv``, ``.csv.gz``, ``.parquet`` or ``.pq`` file into canonical bars.
+    """Read a ``.csv``, ``.csv.gz``, ``.parquet``, ``.pq`` or ``.feather`` file into canonical
+    bars.
+
+    A freqtrade data file (``BTC_USDT-1h.feather``: columns ``date`` (UTC), ``open``,
+    ``high``, ``low``, ``close``, ``volume``) reads as any other; its symbol, as for every
+    file, is the file name without the extension (:func:`symbol_of`: ``BTC_USDT-1h``).
 
     Raises:
         DataError: the file is missing, has an unknown extension or cannot be parsed;
             or any error of :func:`normalize_bars`, its message prefixed with the path.
+        ConfigError: a Parquet or Feather file and no pyarrow installed.
     """
     path = Path(path)
-    name = path.name.lower()
-    if name.endswith(CSV_SUFFIXES):
-        reader = pd.read_csv
-    elif name.endswith(PARQUET_SUFFIXES):
-        reader = pd.read_parquet
-    else:
-        known = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
-        raise DataError(f"{path}: unknown bars file type; expected one of {known}")
+    reader = _reader(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
         raw = reader(path)
+    except ConfigError:
+        raise
     except Exception as exc:  # the readers raise many unrelated types for a bad file
         raise DataError(f"{path}: cannot read bars file: {exc}") from exc
     try:
         return normalize_bars(raw)
     except DataError as exc:
         raise type(exc)(f"{path}: {exc}") from exc
+
+
+def symbol_of(path: str | Path) -> str:
+    """``data/btc.csv.gz`` -> ``btc``, ``BTC_USDT-1h.feather`` -> ``BTC_USDT-1h``: the file
+    name without its bars extension (the name without its last suffix for other files)."""
+    name = Path(path).name
+    for suffix in sorted(BAR_FILE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def _reader(path: Path) -> Reader:
+    name = path.name.lower()
+    if name.endswith(CSV_SUFFIXES):
+        return pd.read_csv
+    if name.endswith(PARQUET_SUFFIXES):
+        return _with_pyarrow(pd.read_parquet, "Parquet")
+    if name.endswith(FEATHER_SUFFIXES):
+        return _with_pyarrow(pd.read_feather, "Feather")
+    known = ", ".join(BAR_FILE_SUFFIXES)
+    raise DataError(f"{path}: unknown bars file type; expected one of {known}")
+
+
+def _with_pyarrow(read: Reader, kind: str) -> Reader:
+    """``read``, after checking that pyarrow (pandas' Parquet and Feather engine) imports."""
+
+    def reader(path: Path) -> pd.DataFrame:
+        if importlib.util.find_spec("pyarrow") is None:
+            raise ConfigError(
+                f"{path}: reading {kind} files needs pyarrow, which is not installed; "
+                "pip install pyarrow (or mlsignal[train] / mlsignal[freqtrade])"
+            )
+        return read(path)
+
+    return reader
 
 
 def normalize_bars(raw: pd.DataFrame) -> pd.DataFrame:
@@ -80,13 +133,20 @@ def normalize_bars(raw: pd.DataFrame) -> pd.DataFrame:
         PriceError: a value is not a number, or fails :func:`validate_bars`.
         DataError: the frame is empty or a column is ambiguous.
     """
+    return normalize_rows(raw)[0]
+
+
+def normalize_rows(raw: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """:func:`normalize_bars`, and whether it reversed the rows (newest-first input): then
+    row ``i`` of the bars is row ``len(raw) - 1 - i`` of ``raw``, else row ``i``. For callers
+    that give one result per input row, in the input's order."""
     raw = _flatten_columns(raw)
     columns = _canonical_columns(raw)
     stamps = _parse_timestamps(_timestamp_source(raw, columns))
     data = {name: _to_float(raw[columns[name]], name, stamps) for name in BAR_COLUMNS}
     bars = pd.DataFrame(data, index=stamps, columns=list(BAR_COLUMNS))
-    bars = _newest_last(bars)
-    return validate_bars(bars)
+    bars, reversed_ = _newest_last(bars)
+    return validate_bars(bars), reversed_
 
 
 def _canon(label: object) -> str:
@@ -225,9 +285,10 @@ def _to_float(column: pd.Series, name: str, stamps: pd.DatetimeIndex) -> np.ndar
     return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _newest_last(bars: pd.DataFrame) -> pd.DataFrame:
-    """Reverse a strictly newest-first frame (common in exchange and broker exports)."""
+def _newest_last(bars: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """Reverse a strictly newest-first frame (common in exchange and broker exports); say
+    whether it was reversed."""
     if len(bars) > 1 and bars.index.is_monotonic_decreasing and bars.index.is_unique:
         logger.info("bars are newest-first; reversing %d rows to oldest-first", len(bars))
-        return bars.iloc[::-1]
-    return bars
+        return bars.iloc[::-1], True
+    return bars, False

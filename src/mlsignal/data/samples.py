@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 import logging
 from functools import lru_cache
-from pathlib import Path
 
 import pandas as pd
 
-from mlsignal.data.io import CSV_SUFFIXES, PARQUET_SUFFIXES, normalize_bars, read_bars
+from mlsignal.data.io import normalize_bars, read_bars, symbol_of
 from mlsignal.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,8 @@ def load_dataset(spec: str) -> dict[str, pd.DataFrame]:
 
     ``"sp500,nasdaq"`` or ``"data/btc.csv,data/eth.parquet"``. Returns ``{symbol: bars}``
     in spec order; the symbol is the sample name or the file name without its bars
-    extension (``data/btc.csv.gz`` -> ``btc``). Paths containing commas are not supported.
+    extension (``data/btc.csv.gz`` -> ``btc``, freqtrade's ``BTC_USDT-1d.feather`` ->
+    ``BTC_USDT-1d``). Paths containing commas are not supported.
 
     Raises:
         DataError: the spec is empty, two entries give the same symbol, or an entry fails
@@ -75,8 +75,4 @@ def load_dataset(spec: str) -> dict[str, pd.DataFrame]:
 def _symbol_of(entry: str) -> str:
     if entry.lower() in SAMPLES:
         return entry.lower()
-    name = Path(entry).name
-    for suffix in sorted(CSV_SUFFIXES + PARQUET_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(entry).stem
+    return symbol_of(entry)

@@ -7,7 +7,9 @@
   were validated one at a time as they came (a live loop; no pandas);
 - :func:`prepare_many`: :func:`prepare_arrays` and :func:`with_regime_vols` for all the items
   of a request at once (the server): validation, feature windows and the GARCH filter run
-  across the symbols, not once per symbol.
+  across the symbols, not once per symbol;
+- :func:`prepare_rows`: one symbol's validated bars, every bar at once (per-row scoring of a
+  backtest): what :func:`prepare` gives for each prefix, windows and GARCH vectorised.
 
 All of them end in :func:`_prepared`: the last ``bundle.min_bars`` bars as arrays and the
 rule scores resolved once, the same way. Errors name the symbol.
@@ -132,6 +134,57 @@ def prepare_stream(
         raise InsufficientDataError(f"{who}{err}; seed the symbol with history first")
     t_ns = stream.timestamps(need).copy()
     return _prepared(bundle, symbol, t_ns, stream.values(need), ss, bs)
+
+
+def prepare_rows(
+    bundle: Bundle,
+    symbol: str,
+    t_ns: np.ndarray,
+    ohlcv: np.ndarray,
+    ends: np.ndarray,
+    ss: Sequence[float | None] | None = None,
+    bs: Sequence[float | None] | None = None,
+) -> list[Prepared]:
+    """``prepare(bundle, SignalRequest(symbol, bars.iloc[: e + 1], ss[i], bs[i]))`` for each
+    end ``e = ends[i]`` of one symbol's bars, at once: the same numbers, bit for bit.
+
+    ``t_ns`` (n,) int64 and ``ohlcv`` (n, 5) C-contiguous float64 are bars that already
+    passed :func:`~mlsignal.data.normalize_bars` as a whole (the caller validates once);
+    each end needs ``bundle.min_bars`` bars up to it. ``ss``/``bs``: one score (or ``None``:
+    the rule score of that bar) per end, or ``None`` for rule scores throughout. Windows come
+    from one :func:`~mlsignal.features.feature_windows_many` call, ``regime_vol`` from one
+    GARCH pass (:func:`with_regime_vols`); the rule scores, whose indicators start at each
+    end's first bar, one end at a time. The :class:`Prepared` hold views of ``ohlcv``.
+    A non-finite feature raises what :func:`prepare` raises for that end, naming the symbol.
+    """
+    need, lb = bundle.min_bars, bundle.schema.lookback
+    ends = np.asarray(ends, dtype=np.int64)
+    assert ohlcv.ndim == 2 and ohlcv.shape == (len(t_ns), 5) and ohlcv.flags.c_contiguous
+    assert ends.size == 0 or (ends.min() >= need - 1 and ends.max() < len(t_ns))
+    with naming(symbol):
+        x, t = _lookbacks(ohlcv, t_ns, ends, lb)  # (N, lb, 5), (N, lb)
+        windows = feature_windows_many(x, bundle.schema, t)  # (N, T, F)
+    prepared = []
+    for i, e in enumerate(ends.tolist()):
+        s_i = None if ss is None else ss[i]
+        b_i = None if bs is None else bs[i]
+        rows = slice(e + 1 - need, e + 1)
+        p = _prepared(bundle, symbol, t_ns[rows], ohlcv[rows], s_i, b_i)
+        p._window = windows[i]
+        prepared.append(p)
+    return with_regime_vols(bundle, prepared)
+
+
+def _lookbacks(
+    ohlcv: np.ndarray, t_ns: np.ndarray, ends: np.ndarray, lb: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``lb`` bars up to each end as views: ohlcv ``(N, lb, 5)``, timestamps ``(N, lb)``."""
+    sw = np.lib.stride_tricks.sliding_window_view
+    starts = ends - (lb - 1)
+    x, t = sw(ohlcv, lb, axis=0), sw(t_ns, lb)  # (n - lb + 1, 5, lb), (n - lb + 1, lb)
+    if starts.size and np.array_equal(starts, np.arange(starts[0], starts[0] + starts.size)):
+        starts = slice(int(starts[0]), int(starts[0]) + starts.size)  # a view, no copy
+    return x[starts].transpose(0, 2, 1), t[starts]
 
 
 def regime_vol(params: GarchParams, close: np.ndarray) -> float:
