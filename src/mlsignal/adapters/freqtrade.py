@@ -51,10 +51,10 @@ import pandas as pd
 from mlsignal.adapters.columns import COLUMNS, FrameScorer
 from mlsignal.config import BUNDLE_ENV
 from mlsignal.data import BAR_COLUMNS
+from mlsignal.data import timeframe as tf
 from mlsignal.enhancer import MLSignalEnhancer
 from mlsignal.errors import ConfigError, TimeframeError
 from mlsignal.frames import RowScores
-from mlsignal.pipeline import timeframe as tf
 
 __all__ = ["COLUMNS", "STREAMING_MODES", "MLSignalMixin", "add_columns", "scorer_for"]
 
