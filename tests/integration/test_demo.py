@@ -28,3 +28,6 @@ def test_demo_replays_and_survives_the_server_dying(tiny_bundle, capsys):
     assert sources.get("remote", 0) >= 1 and sources.get("fallback", 0) >= 1
     assert sum(sources.values()) == 8
     assert float(answered.group(3)) == 0.0  # remote and fallback equal local, bit for bit
+    # It says the verdict and where to go next.
+    assert re.search(r"^verdict: (SKILL|NO SKILL DETECTED|WORSE THAN BASE RATE): ", out, re.M)
+    assert f"mlsignal evaluate --bundle {tiny_bundle} --out reports/quick" in out

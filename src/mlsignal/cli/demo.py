@@ -100,6 +100,12 @@ def demo(args: argparse.Namespace) -> int:
     )
     print("out-of-sample walk-forward metrics:")
     print(format_metrics_table(manifest["metrics"]))
+    if "verdict" in manifest:
+        print(f"verdict: {manifest['verdict']['verdict'].upper()}: {manifest['verdict']['why']}")
+        print(
+            f"base rate {enhancer.bundle.fusion.base_rate:.4f}: bull_prob there changes "
+            "nothing (scores as the rules gave them, Kelly flat)"
+        )
     trained_until = manifest["training"]["span"][1]
     for symbol, bars in load_dataset(args.data).items():
         rows = _replay(enhancer, bars, args.bars)
@@ -116,4 +122,21 @@ def demo(args: argparse.Namespace) -> int:
         bars = next(iter(load_dataset(args.data).values()))
         print()
         print(remote_demo(args.bundle, bars, args.remote_bars, enhancer))
+    print(_next_steps(args.bundle))
     return 0
+
+
+def _next_steps(bundle: str) -> str:
+    """What to try after the demo, as commands that work on the bundle it used."""
+    return "\n".join(
+        [
+            "",
+            "next:",
+            f"  mlsignal evaluate --bundle {bundle} --out reports/quick   "
+            "# is it any good? (the held-out bars)",
+            f"  mlsignal serve --bundle {bundle}                          "
+            "# the HTTP API on 127.0.0.1:8000",
+            f"  mlsignal live --bundle {bundle} --source replay:sp500 --db signals.db",
+            "  make test                                                  # the whole suite",
+        ]
+    )
