@@ -136,3 +136,16 @@ def test_timeframe_is_learnt_named_and_checked():
     with pytest.raises(TimeframeError, match=r"BTC: bars are 1h apart .* trained on 1d"):
         timeframe.check(86400.0, [_prepared("D"), _prepared("h")])
     timeframe.check(None, [_prepared("h")])  # a bundle from before timeframes: no check
+
+
+def test_the_shuffled_control_sizes_kelly_as_a_live_call_does():
+    """A control that shuffles a constant base-rate bull_prob must stay flat, as live is."""
+    from types import SimpleNamespace
+
+    from mlsignal.evaluate.controls import rescore
+
+    bundle = SimpleNamespace(fusion=NEUTRAL, kelly_params=PAYOFF, kelly_config=KellyConfig())
+    frame = pd.DataFrame({"ss": [40.0] * 5, "bs": [70.0] * 5, "regime": ["normal"] * 5})
+    out = rescore(bundle, frame, np.full(5, 0.58))
+    assert (out["kelly"] == 0).all() and set(out["kelly_side"]) == {"flat"}
+    assert (out["enhanced_bs"] == 70.0).all() and (out["enhanced_ss"] == 40.0).all()

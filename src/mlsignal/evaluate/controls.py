@@ -40,7 +40,11 @@ def rescore(bundle: Bundle, frame: pd.DataFrame, bull_prob: np.ndarray) -> pd.Da
     """
     ess, ebs = fuse_batch(frame["ss"].to_numpy(), frame["bs"].to_numpy(), bull_prob, bundle.fusion)
     kelly, side = kelly_fraction_batch(
-        bull_prob, list(frame["regime"]), bundle.kelly_params, bundle.kelly_config
+        bull_prob,
+        list(frame["regime"]),
+        bundle.kelly_params,
+        bundle.kelly_config,
+        bundle.fusion.kelly_base_rate,  # as a live call sizes it
     )
     return pd.DataFrame(
         {"enhanced_ss": ess, "enhanced_bs": ebs, "kelly": kelly, "kelly_side": side},

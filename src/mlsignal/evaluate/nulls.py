@@ -108,7 +108,8 @@ def report_verdict(
             tests.pop("ic")  # a constant bull_prob has no rank correlation to test
         b = m["base_rate"]
         ref = m["brier_base"] + (b - base_rate) ** 2  # Brier of base_rate on every bar
-        v = verdict(tests, m["brier"], ref, reference=f"the bundle's base rate {base_rate:.4f}")
+        words = f"the bundle's base rate ({base_rate:.4f}) on every bar"
+        v = verdict(tests, m["brier"], ref, reference=words)
     return {
         "verdict": v["verdict"],
         "plain": PLAIN[v["verdict"]],

@@ -67,6 +67,12 @@ class FusionConfig:
         the base rate."""
         return 0.5 if self.drift_prior else self.base_rate
 
+    @property
+    def kelly_base_rate(self) -> float | None:
+        """What Kelly sizes departures from (:mod:`mlsignal.models.kelly`): the base rate, or
+        ``None`` with the drift prior (the plain Kelly bet)."""
+        return None if self.drift_prior else self.base_rate
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
         return dataclasses.asdict(self)

@@ -77,7 +77,7 @@ def finish(
     else:
         ess, ebs = fuse(p.ss, p.bs, bull, bundle.fusion)
         kelly, side = kelly_fraction(
-            bull, regime, bundle.kelly_params, bundle.kelly_config, kelly_base_rate(bundle)
+            bull, regime, bundle.kelly_params, bundle.kelly_config, bundle.fusion.kelly_base_rate
         )
     info: dict[str, Any] = {
         "bull_prob": bull,
@@ -102,11 +102,6 @@ def finish(
         "base_rate": bundle.fusion.base_rate,
     }
     return SignalResult(p.symbol, float(ess), float(ebs), info)
-
-
-def kelly_base_rate(bundle: Bundle) -> float | None:
-    """The base rate Kelly sizes departures from, or ``None`` with the drift prior."""
-    return None if bundle.fusion.drift_prior else bundle.fusion.base_rate
 
 
 def annotate(

@@ -180,7 +180,7 @@ def _oof_metrics(
     m = metrics[judged]
     words = skill_verdict(
         nulls, m["brier"], m["base_rate"] * (1 - m["base_rate"]),
-        reference="the test periods' own base rate (known only in hindsight)",
+        reference="the test periods' own base rate on every bar (known only in hindsight)",
     )  # fmt: skip
     nulls.pop("null_auc")
     return metrics, {**words, "model": judged, "nulls": nulls}

@@ -155,7 +155,7 @@ def verdict(
         for k, t in tests.items()
     )
     bss = 1.0 - brier / brier_base if brier_base > 0 else float("nan")
-    brier_txt = f"Brier {brier:.4f} vs {reference} {brier_base:.4f} (skill score {bss:+.4f})"
+    brier_txt = f"Brier {brier:.4f} vs {brier_base:.4f} for {reference} (skill score {bss:+.4f})"
     if passed and not bss < -BRIER_TOLERANCE:
         return {"verdict": "skill", "why": f"{shown}; {brier_txt}"}
     if bss < -BRIER_TOLERANCE and not passed:
