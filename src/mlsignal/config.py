@@ -198,9 +198,12 @@ def device_setting(spec: str | None = None) -> str:
 
 
 def device_source(spec: str | None) -> str:
-    """How errors name a device setting: ``device`` when given as an argument (``--device``,
-    ``device=``), the variable's name when read from ``ML_INFERENCE_DEVICE``."""
-    return "device" if spec else DEVICE_ENV
+    """How errors name a device setting: the variable's name when it came from
+    ``ML_INFERENCE_DEVICE`` (read here, or passed on with the variable's value), ``device``
+    when given as an argument (``--device``, ``device=``) that the variable does not hold."""
+    if not spec or spec.strip().lower() == os.environ.get(DEVICE_ENV, "").strip().lower():
+        return DEVICE_ENV
+    return "device"
 
 
 def check_device_spec(spec: str, source: str = DEVICE_ENV) -> str:

@@ -76,7 +76,8 @@ def test_local_and_rules_results_carry_exactly_the_contract_keys(local, sp500_ba
     p = prepare(local.bundle, SignalRequest("X", sp500_bars.iloc[-300:], 30, 60))
     rules = finish(local.bundle, p, None, device="none", backend="none", latency_ms=1.0)
     assert list(rules.ml_info) == list(ML_INFO_KEYS) and rules.ml_info["source"] == "rules"
-    assert (rules.enhanced_ss, rules.enhanced_bs, rules.ml_info["bull_prob"]) == (30, 60, 0.5)
+    assert (rules.enhanced_ss, rules.enhanced_bs) == (30, 60)
+    assert rules.ml_info["bull_prob"] == rules.ml_info["base_rate"]  # no information
 
 
 def test_annotate_and_from_server_keep_to_the_contract(local, sp500_bars):

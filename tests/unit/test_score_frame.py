@@ -108,7 +108,7 @@ def test_bad_scores_and_bad_bars_are_named(enhancer, bars):
         enhancer.score_frame(bars, [50.0, 50.0])
     bad = bars.copy()
     bad.iloc[5, bad.columns.get_loc("high")] = -1.0
-    with pytest.raises(DataError, match=r"^SPX: row 5 .*high"):
+    with pytest.raises(DataError, match=r"^SPX: row 6 .*high"):
         enhancer.score_frame(bad, symbol="SPX")
 
 

@@ -99,6 +99,7 @@ def measure_section(
 
     ``settings``: the environment's (``None`` when bad: each path then says why it failed).
     """
+    from mlsignal.bench.machine import load_warning
     from mlsignal.bundle import load_bundle
     from mlsignal.cli.doctor_measure import FULL_BATCHES, QUICK_BATCHES, measure_paths, speed_advice
     from mlsignal.errors import ConfigError
@@ -111,6 +112,8 @@ def measure_section(
     if path is None:
         return {"skipped": "no bundle found: pass --bundle DIR or set MLSIGNAL_BUNDLE"}
     bundle = load_bundle(path)  # a bad bundle is an error (exit 2), not silently skipped
+    if (busy := load_warning()) is not None:  # said just before the timings it spoils
+        print(busy, file=sys.stderr, flush=True)
     batches = tuple(sorted({*(FULL_BATCHES if args.measure else QUICK_BATCHES), args.symbols}))
     m = measure_paths(bundle, batches, budget_s=0.6 if args.measure else 0.15, settings=settings)
     backend, device = report.get("configured_backend"), report.get("configured_device")
@@ -129,10 +132,6 @@ def measure_section(
 
 def doctor(args: argparse.Namespace) -> int:
     """Print the report, advice and measurement; exit 0 (bad settings are shown, not raised)."""
-    from mlsignal.bench.machine import load_warning
-
-    if (busy := load_warning()) is not None:
-        print(busy, file=sys.stderr, flush=True)
     nvidia = query_nvidia_smi()
     report = collect(nvidia)
     report["advice"] = [a.to_dict() for a in advise(report, nvidia)]
