@@ -99,7 +99,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 #: How a documented command is made to run here, each with why. Applied in order to the text
-#: of every command (``{...}`` are filled in by the test: see ``Context``).
+#: of every command (``{...}`` are filled in by the test's ``Workspace.context``).
 SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (r"/opt/mlsignal/venv/bin/mlsignal\b", "mlsignal",
      "the deployment venv's console script: the mlsignal under test"),
@@ -121,8 +121,8 @@ SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (r"(?<![\w.])/(data|backup)/", r"\1/", "/data, /backup are workspace directories"),
 )
 # fmt: on
-#: Paths that commands use as they are, relative to the working directory: the workspace
-#: (a tmp_path) holds them. Data files: the built-in samples as CSV.
+#: Paths that commands use as they are, relative to the working directory: the test's workspace
+#: (a tmp_path) holds them. Data files: the built-in samples as CSV (btc = sp500, eth = nasdaq).
 WORKSPACE_FILES = (
     "btc.csv",
     "eth.csv",

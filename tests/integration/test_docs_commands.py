@@ -35,7 +35,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from doc_shell import DOC_FILES, ROOT, RULES, Command, bare, documented_commands, substitute
+from doc_shell import (
+    DOC_FILES,
+    ROOT,
+    RULES,
+    WORKSPACE_FILES,
+    Command,
+    bare,
+    documented_commands,
+    substitute,
+)
 from server_process import free_port
 
 COMMANDS = documented_commands()
@@ -146,6 +155,8 @@ class Workspace:
         ca.cert_pem.write_to_path(str(p / "ca.pem"))
         cert.private_key_and_cert_chain_pem.write_to_path(str(p / "cert.pem"))
         cert.private_key_pem.write_to_path(str(p / "key.pem"))
+        missing = [f for f in WORKSPACE_FILES if not (p / f).exists()]
+        assert not missing, f"doc_shell.WORKSPACE_FILES not made: {missing}"
 
     def trained(self) -> None:
         """The README's `mlsignal train` has written ``artifacts/quick`` (run it if a test
