@@ -63,7 +63,8 @@ class Batching:
     why: tuple[str, ...]  # comment lines written above the settings
 
 
-#: Chosen from docs/BENCHMARKS.md (2026-11-26, H200 host: torch CUDA and ORT CPU rows).
+#: Chosen from docs/BENCHMARKS.md (2026-11-26, H200 host: torch CUDA eager and ORT CPU rows);
+#: tests/unit/test_doc_numbers.py checks every number of ``why`` against docs/img/bench-h200.json.
 DEFAULTS = {
     "gpu": Batching(
         max_batch=1024,
@@ -71,12 +72,13 @@ DEFAULTS = {
         queue_delay_us=500,
         instances=1,
         why=(
-            "GPU numbers: docs/BENCHMARKS.md, 2026-11-26, H200, forward median by batch:",
-            "1: 1.5 ms, 16: 1.6 ms, 256: 2.6 ms (100K windows/s), 1024: 8.3 ms (124K/s),",
-            "4096: 33.5 ms (122K/s). Throughput is flat past 1024, so max_batch_size 1024;",
-            "256 gives 80% of it at a third of the latency, so it is preferred first.",
-            "A pass costs the same for 1 or 16 windows (launch-bound): waiting up to 0.5 ms",
-            "(a third of the batch-1 forward) lets concurrent symbols share one pass.",
+            "GPU numbers: docs/img/bench-h200.json (docs/BENCHMARKS.md, 2026-11-26, H200),",
+            "PyTorch CUDA eager forward, median by batch: 1: 1.8 ms, 16: 1.9 ms, 256: 2.7 ms",
+            "(94K windows/s), 1024: 8.9 ms (116K/s), 4096: 37.1 ms (110K/s). Throughput peaks",
+            "at 1024, so max_batch_size 1024; 256 gives 81% of it at a third of the latency, so",
+            "it is preferred first. A pass costs about the same for 1 or 16 windows",
+            "(launch-bound): waiting up to 0.5 ms (under a third of the batch-1 forward) lets",
+            "concurrent symbols share one pass.",
             "Measured with PyTorch CUDA; ONNX Runtime's CUDA provider was not measured.",
         ),
     ),
@@ -86,11 +88,12 @@ DEFAULTS = {
         queue_delay_us=500,
         instances=1,
         why=(
-            "CPU numbers: docs/BENCHMARKS.md, 2026-11-26, ONNX Runtime CPU on the 16-core",
-            "H200 host, forward median by batch: 1: 1.0 ms, 16: 3.3 ms (4.9K windows/s),",
-            "256: 30 ms (8.5K/s), 1024: 135 ms (7.6K/s). Throughput peaks at 256, so",
-            "max_batch_size 256; 16 is preferred first for latency. One instance: ONNX",
-            "Runtime already uses every core; a second would compete for them.",
+            "CPU numbers: docs/img/bench-h200.json (docs/BENCHMARKS.md, 2026-11-26), ONNX",
+            "Runtime with default session options on the 16-core H200 host, forward median by",
+            "batch: 1: 1.6 ms, 16: 4.5 ms (3.6K windows/s), 256: 44 ms (5.8K/s), 1024: 207 ms",
+            "(4.9K/s). Throughput peaks at 256, so max_batch_size 256; 16 is preferred first",
+            "for latency. One instance: ONNX Runtime already uses every core; a second would",
+            "compete for them.",
         ),
     ),
 }
