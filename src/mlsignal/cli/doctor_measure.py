@@ -149,7 +149,8 @@ def measure_paths(
             expected_s = (budget_s + 4 * ms_before / 1e3) * max(1.0, batch / batch_before)
             if name in last and time.perf_counter() + expected_s > deadline:
                 result.skipped.append(
-                    f"{name} batch {batch}: over the time cap ({total_s:g} s; --measure for more)"
+                    f"{name} batch {batch}: over the time cap ({total_s:g} s"
+                    + ("; --measure for more)" if total_s < 60 else ")")
                 )
                 continue
             x = _windows(bundle, batch)
