@@ -101,7 +101,13 @@ def measure_section(
     """
     from mlsignal.bench.machine import load_warning
     from mlsignal.bundle import load_bundle
-    from mlsignal.cli.doctor_measure import FULL_BATCHES, QUICK_BATCHES, measure_paths, speed_advice
+    from mlsignal.cli.doctor_measure import (
+        FULL_BATCHES,
+        MEASURE_TOTAL_S,
+        QUICK_BATCHES,
+        measure_paths,
+        speed_advice,
+    )
     from mlsignal.errors import ConfigError
 
     if args.no_measure:
@@ -120,7 +126,7 @@ def measure_section(
         batches,
         budget_s=0.6 if args.measure else 0.15,
         settings=settings,
-        total_s=60.0 if args.measure else 6.0,  # --measure measures more, not less
+        total_s=MEASURE_TOTAL_S if args.measure else 6.0,  # --measure measures more, not less
     )
     backend, device = report.get("configured_backend"), report.get("configured_device")
     if backend and device and not str(device).startswith("error"):

@@ -43,10 +43,11 @@ def name(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def median_interval(t_ns: np.ndarray) -> float | None:
-    """Median gap in seconds between the last :data:`GAPS` + 1 timestamps (ns), or ``None``
-    for fewer than two bars."""
-    t = np.asarray(t_ns, np.int64)[-(GAPS + 1) :]
+def median_interval(t_ns: np.ndarray, gaps: int | None = GAPS) -> float | None:
+    """Median gap in seconds between the last ``gaps`` + 1 timestamps (ns; ``None``: all of
+    them), or ``None`` for fewer than two bars."""
+    t = np.asarray(t_ns, np.int64)
+    t = t if gaps is None else t[-(gaps + 1) :]
     if t.size < 2:
         return None
     return float(np.median(np.diff(t))) / 1e9

@@ -264,7 +264,7 @@ def train_bundle(
         f"data {data}: {len(ds)} windows from {len(bars)} symbol(s), {_span(ds)[0]}..{_span(ds)[1]}"
     )
     cfg = SignalModelConfig.for_shape(DEFAULT_SCHEMA.n_features, DEFAULT_SCHEMA.window)
-    tf = timeframe.learn({k: _bar_seconds(b) for k, b in bars.items()})
+    tf = timeframe.learn({k: _bar_seconds(b) for k, b in bars.items()})  # all the gaps
     folds = purged_walk_forward(ds.start, ds.end, p.n_folds, p.embargo, p.initial_train_frac)
     echo(f"walk-forward: {len(folds)} purged folds (embargo {p.embargo} bars) on {dev}")
     oof = _oof_outputs(ds, folds, cfg, p, dev, seed, progress, echo)
@@ -329,9 +329,9 @@ def train_bundle(
 
 
 def _bar_seconds(bars: pd.DataFrame) -> float:
-    """Median gap between a symbol's bars, in seconds."""
+    """Median gap between all of a symbol's bars, in seconds."""
     t_ns = bars.index.values.astype("datetime64[ns]").astype(np.int64)
-    return float(np.median(np.diff(t_ns))) / 1e9
+    return timeframe.median_interval(t_ns, gaps=None) or 0.0
 
 
 def _ts(ds: Dataset, i: int) -> str:
