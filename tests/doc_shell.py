@@ -26,7 +26,8 @@ DOC_FILES: tuple[str, ...] = (
     "README.md",
     "README.zh-CN.md",
     "deploy/README.md",
-    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*/README.md")),
 )
 
 SHELL_LANGS = frozenset({"bash", "sh", "shell", "console", "zsh"})
@@ -79,6 +80,19 @@ RULES: tuple[Rule, ...] = (
     Rule(r"^tritonserver\b", "skip",
          "Triton Inference Server: a separate install and a long-running service; "
          "tests/unit/test_export_triton.py checks the repository it loads"),
+    Rule(r"^freqtrade\b|^MLSIGNAL_BUNDLE=\S+ "
+         r"(freqtrade|python examples/freqtrade/run_offline\.py)\b", "skip",
+         "freqtrade: `make test` installs it into its own environment (.cache/), and "
+         "download-data and trade reach an exchange; tests/integration/test_freqtrade.py runs "
+         "the offline backtest (run_offline.py, the same arguments) and a dry run on the "
+         "tiny bundle"),
+    Rule(r"^mlsignal train --data user_data/", "parse",
+         "trains on the exchange's candles that `freqtrade download-data` writes (network)"),
+    Rule(r"^mlsignal (train .*--out (artifacts/sp500-1d|real|shuffled)|evaluate --bundle "
+         r"(real|shuffled))\b", "parse",
+         "trainings of the examples and the study (a minute each on 2 cores, even tiny): the "
+         "README's `mlsignal train` and `evaluate` run here; tests/integration/test_training.py "
+         "trains with --shuffle-labels and --holdout-bars"),
     Rule(r"--device cuda\b", "parse", "needs CUDA (a GPU training run)"),
     Rule(r"--source ccxt:", "parse", "polls a crypto exchange over the network"),
     Rule(r"\bserve\b.*--engine ray\b", "parse",
@@ -117,6 +131,8 @@ SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (r"--host (10\.0\.0\.5|0\.0\.0\.0)\b", "--host 127.0.0.1", "loopback only"),
     (r"--port 8000\b", "--port {port}", "a free port"),
     (r"--grpc-port 8001\b", "--grpc-port {grpc_port}", "a free port"),
+    (r"^python (examples/)", r"{python} {root}/\1",
+     "a script of this checkout's examples/, with the test's interpreter"),
     (r"(?<![\w.])/etc/mlsignal/", "etc/mlsignal/", "/etc/mlsignal is a workspace directory"),
     (r"(?<![\w.])/(data|backup)/", r"\1/", "/data, /backup are workspace directories"),
 )
@@ -281,7 +297,7 @@ def substitute(text: str, ctx: dict[str, str]) -> str:
 
 #: Placeholder values for dedupe keys (the real ones differ per run).
 SYMBOLIC = {"python": "PYTHON", "bundle": "BUNDLE", "server": "SERVER", "port": "PORT",
-            "grpc_port": "GRPC_PORT"}  # fmt: skip
+            "grpc_port": "GRPC_PORT", "root": "ROOT"}  # fmt: skip
 
 
 def documented_commands(files: tuple[str, ...] = DOC_FILES) -> list[Command]:

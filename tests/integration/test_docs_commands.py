@@ -175,7 +175,7 @@ class Workspace:
         if uses and not bare(command).startswith("mlsignal train"):
             self.trained()
         ctx = {"python": sys.executable, "bundle": str(self.bundle), "port": str(free_port()),
-               "grpc_port": str(free_port())}  # fmt: skip
+               "grpc_port": str(free_port()), "root": str(ROOT)}  # fmt: skip
         if "{server}" in substitute(command, {}):
             ctx["server"] = self.remote_server()
         return ctx

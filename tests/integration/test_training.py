@@ -36,15 +36,25 @@ def _neutrality(bundle_path) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_shuffled_labels_show_no_skill(tmp_path, capsys):
-    """The leakage guard: with permuted labels, out-of-sample AUC must be near 0.5."""
+    """The leakage guard: with permuted labels, out-of-sample AUC must be near 0.5. (Trained
+    as docs/study/README.md's shuffled bundle: the last 1,000 bars held out.)"""
+    import pandas as pd
+
+    from mlsignal.data import load_sample
+
     out = tmp_path / "shuffled"
     argv = ["train", "--data", "sp500,nasdaq", "--out", str(out), "--preset", "tiny",
-            "--device", "cpu", "--shuffle-labels", "--no-progress", "--no-onnx"]  # fmt: skip
+            "--device", "cpu", "--shuffle-labels", "--holdout-bars", "1000", "--no-progress",
+            "--no-onnx"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "stack" in printed and "auc" in printed
     b = load_bundle(out)
     assert b.manifest["training"]["shuffled_labels"] is True
+    assert b.manifest["training"]["holdout_bars"] == 1000
+    last_trained = pd.Timestamp(b.manifest["training"]["span"][1])
+    for name in ("sp500", "nasdaq"):
+        assert last_trained < load_sample(name).index[-1000], "a held-out bar was trained on"
     for model, m in b.manifest["metrics"].items():
         assert abs(m["auc"] - 0.5) < 0.06, f"{model} shows skill on shuffled labels: {m}"
         assert m["n"] > 500

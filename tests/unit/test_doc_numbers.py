@@ -1,20 +1,21 @@
-"""Every measured number in docs/DEPLOY.md, docs/DEPLOY.zh-CN.md and the comments that
-``mlsignal export-triton`` writes into config.pbtxt comes from the raw JSON behind
-docs/BENCHMARKS.md (docs/img/*.json, docs/bench/*.json).
+"""Every measured number in docs/DEPLOY.md, docs/DEPLOY.zh-CN.md, docs/scaling.md and the
+comments that ``mlsignal export-triton`` writes into config.pbtxt comes from the raw JSON
+behind docs/BENCHMARKS.md (docs/img/*.json, docs/bench/*.json).
 
 ``QUOTES`` is the table: a document, the text it quotes with ``{}`` where each number goes,
 and for each number where it comes from (a JSON file and a path in it, or arithmetic on such
 values) and how it is rounded. The text, filled with the JSON's values, must appear in the
 document (whitespace-normalised). Then every timing or throughput in those documents (a
-number with ``ms``, ``µs``, ``windows/s``, ``K/s``, ``req/s``, ``x``, ``倍``, or a number
-with thousands separators) must lie inside a quote checked here or be one of ``NOT_MEASURED``
-(configuration values, the brief's own words), each with its reason. So a new or edited
-number in these documents fails until it is tied to its JSON.
+number with ``ms``, ``µs``, ``windows/s``, ``K/s``, ``req/s``, ``x``, ``×``, ``%``, ``倍``, or
+a number with thousands separators) must lie inside a quote checked here or be one of
+``NOT_MEASURED`` (configuration values, the brief's own words), each with its reason. So a new
+or edited number in these documents fails until it is tied to its JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,11 @@ RUN2_W1 = "docs/bench/h200-2026-11-30-run2-bench-w1.json"  # serving paths, 1 wo
 RUN2_W8 = "docs/bench/h200-2026-11-30-run2-bench-w8.json"  # 8 workers
 RUN3_W4 = "docs/bench/h200-2026-11-30-run3-bench-w4.json"  # 4 workers
 RUN5_W4 = "docs/bench/h200-2026-11-30-run5-bench-w4.json"  # 4 workers, all ready first
+VM2_SERVING = "docs/bench/vm2core-2026-11-30-bench.json"  # serving paths on the 2-core VM
 SERVING = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "bench").glob("h200-*.json"))
+SERVING_W4_UP = [f for f in SERVING if f != RUN2_W1]  # the runs with 4 to 12 workers
+RAY1 = "docs/bench/h200x2-2026-11-30-ray-run1.json"  # 2x H200: plain serve, Serve's proxy
+RAY3 = "docs/bench/h200x2-2026-11-30-ray-run3.json"  # 2x H200: HAProxy, 16 ingress replicas
 
 Value = Callable[[], float]
 
@@ -107,7 +112,7 @@ def Q(doc: str, text: str, *values: tuple[Value, str]) -> Quote:
     return Quote(doc, text, values)
 
 
-EN, ZH = "docs/DEPLOY.md", "docs/DEPLOY.zh-CN.md"
+EN, ZH, SC = "docs/DEPLOY.md", "docs/DEPLOY.zh-CN.md", "docs/scaling.md"
 GRAPHS, CUDA = "torch+graphs", "cuda:0"
 # the forward medians of the table "The numbers this guide uses", by (backend, device, file)
 TABLE = {
@@ -166,6 +171,123 @@ bars_best = (over(SERVING, "bars.windows_per_s", max), ",")
 bars_best_workers = (serving(RUN2_W8, "config.workers"), ".0f")
 graphs_1024_wps = (fwd(H200, GRAPHS, CUDA, 1024, "windows_per_s"), "k0")
 per_second = (lambda: 1000 / 60, ".0f")  # 1,000 symbols, one bar a minute each
+
+
+def ray(file: str, config: str, load: str, key: str, clients: int | None = None) -> Value:
+    """One load's number of one configuration in a Ray bench JSON (scripts/gpu-ray-bench)."""
+    sel = f"load={load}" + (f",clients={clients}" if clients else "")
+    return J(file, f"results[config={config}].loads[{sel}].{key}")
+
+
+def extreme(values: list[Value], pick: Callable[..., float]) -> Value:
+    return lambda: pick(v() for v in values)
+
+
+SERVE4, PROXY1, PROXY2 = "serve:4", "ray:1:8:proxy", "ray:2:8:proxy"
+RAY_1GPU, RAY_2GPU = "ray:1:16:ha/calls=1", "ray:2:16:ha/calls=1+kill"  # the default shape
+proxy_rows = [ray(RAY1, c, "windows", k, n) for c in (PROXY1, PROXY2) for n in (16, 64)
+              for k in ("windows_per_s",)]  # fmt: skip
+proxy_req = [ray(RAY1, c, "windows", "req_per_s", n) for c in (PROXY1, PROXY2) for n in (16, 64)]
+proxy_range = ((extreme(proxy_rows, min), ","), (extreme(proxy_rows, max), ","))
+w4_up_windows = ((over(SERVING_W4_UP, "windows.windows_per_s", min), ","),
+                 (over(SERVING_W4_UP, "windows.windows_per_s", max), ","))  # fmt: skip
+w4_up_burst = ((over(SERVING_W4_UP, "burst.last_answer_p50_ms", min), ".1f"),
+               (over(SERVING_W4_UP, "burst.last_answer_p50_ms", max), ".1f"))  # fmt: skip
+gpu_alone = (fwd(RUN2_W1, GRAPHS, CUDA, 1024, "windows_per_s"), ",")
+two_gpu_ray_best = (ray("docs/bench/h200x2-2026-11-30-ray-run2.json", "ray:2:8:ha/calls=1",
+                        "windows", "windows_per_s", 64), ",")  # fmt: skip
+serve4_64 = (ray(RAY1, SERVE4, "windows", "windows_per_s", 64), ",")
+onnx_1024 = (fwd(H200, "onnx", "cpu", 1024), ".0f")
+onnx_1024_wps = (fwd(H200, "onnx", "cpu", 1024, "windows_per_s"), "k1")
+BURST_5000 = 5000  # the example of point 2: 5,000 symbols on one-minute bars
+
+
+def per_window_cpu_s(file: str, path: str) -> Value:
+    """Server CPU seconds per window of a serving path."""
+    return lambda: (
+        serving(file, f"{path}.server_cores")() / serving(file, f"{path}.windows_per_s")()
+    )
+
+
+bars_cpu = per_window_cpu_s(RUN2_W8, "bars")
+
+
+def kill_share() -> float:
+    """RAY3's kill: windows/s in the 15 s from the kill over the 7 s before it."""
+    kill = next(r for r in _load(RAY3)["results"] if "kill" in r)["kill"]
+    rate = dict(zip(kill["seconds_from_kill"], kill["windows_per_s"], strict=True))
+    after = [rate[s] for s in range(0, 15)]
+    before = [rate[s] for s in range(-7, 0)]
+    return (sum(after) / len(after)) / (sum(before) / len(before))
+
+
+def ray_rows(load: str = "windows", clients: int | None = None) -> list[tuple[str, dict]]:
+    """(config, load row) of every HAProxy configuration (``ha``, ``hat``) in the Ray runs."""
+    files = [f"docs/bench/h200x2-2026-11-30-ray-run{i}.json" for i in (1, 2, 3)]
+    return [
+        (r["config"], row)
+        for f in files
+        for r in _load(f)["results"]
+        if ":ha" in r["config"]
+        for row in r["loads"]
+        if row["load"] == load and (clients is None or row.get("clients") == clients)
+    ]
+
+
+def ha_over_proxy() -> list[float]:
+    """Windows/s of each HAProxy row over Serve's proxy with as many model replicas and
+    clients (RAY1)."""
+    return [
+        row["windows_per_s"]
+        / ray(RAY1, f"ray:{config.split(':')[1]}:8:proxy", "windows", "windows_per_s",
+              row["clients"])()
+        for config, row in ray_rows()
+    ]  # fmt: skip
+
+
+def ray_cpu_over_serve() -> list[float]:
+    """Server CPU per request of each HAProxy row over plain serve's (64 clients)."""
+    plain = ray(RAY1, SERVE4, "windows", "server_cores", 64)() / serve4_64_req()
+    return [row["server_cores"] / row["req_per_s"] / plain for _, row in ray_rows(clients=64)]
+
+
+def serve4_64_req() -> float:
+    return ray(RAY1, SERVE4, "windows", "req_per_s", 64)()
+
+
+def windows_over_bars() -> list[float]:
+    """The windows path's windows/s over the bars path's, run by run (4 to 12 workers)."""
+    return [
+        serving(f, "windows.windows_per_s")() / serving(f, "bars.windows_per_s")()
+        for f in SERVING_W4_UP
+    ]
+
+
+def model_replica_cores() -> list[float]:
+    """The busiest model replica process's cores, RAY3's default shape, both loads."""
+    key = "cores_by_role.model.max_process_cores"
+    return [ray(RAY3, c, "windows", key, n)() for c in (RAY_1GPU, RAY_2GPU) for n in (16, 64)]
+
+
+def model_replica_gpu_busy() -> list[float]:
+    """Busy % of each GPU that holds a model replica, RAY3's default shape, both loads."""
+    busy = []
+    for config, replicas in ((RAY_1GPU, 1), (RAY_2GPU, 2)):
+        for n in (16, 64):
+            row = _load(RAY3)["results"]
+            load = next(r for r in row if r["config"] == config)["loads"]
+            pct = next(x for x in load if x["load"] == "windows" and x["clients"] == n)
+            busy += pct["gpu_busy_pct"][:replicas]
+    return busy
+
+
+def two_against_one(clients: int) -> tuple[tuple[Value, str], ...]:
+    """Two GPU replicas against one (RAY3, HAProxy): the ratio, windows/s and p99 of each."""
+    two, one = (ray(RAY3, c, "windows", "windows_per_s", clients) for c in (RAY_2GPU, RAY_1GPU))
+    p99_two, p99_one = (ray(RAY3, c, "windows", "p99_ms", clients) for c in (RAY_2GPU, RAY_1GPU))
+    return ((lambda: two() / one(), ".2f"), (two, ","), (one, ","), (p99_two, ".1f"),
+            (p99_one, ".1f"))  # fmt: skip
+
 
 QUOTES: tuple[Quote, ...] = (
     # -- docs/DEPLOY.md ---------------------------------------------------------------------------
@@ -240,6 +362,94 @@ QUOTES: tuple[Quote, ...] = (
     Q(ZH, "1,000 个品种、1 分钟 K 线，每秒只需要 {} 个窗口", per_second),
     Q(ZH, "256 根 K 线的 `enhance_signal` 为 {} ms（其中前向计算 {} ms），`enhance_bar` 为 {} ms",
       signal_gpu, graphs_1, bar_gpu),
+    # -- docs/scaling.md ------------------------------------------------------------------------
+    Q(SC, "One Python process spends about {} ms of CPU per request", cpu_per_request),
+    Q(SC, "the windows path went from {} windows/s with one worker to {}–{} with four to twelve",
+      w1_windows, *w4_up_windows),
+    Q(SC, "where the GPU is {}–{}% busy",
+      (over(SERVING_W4_UP, "windows.gpu_busy_pct", min), ".0f"),
+      (over(SERVING_W4_UP, "windows.gpu_busy_pct", max), ".0f")),
+    Q(SC, "Startup is the model load per worker, in parallel ({}–{} s)",
+      *((over(SERVING_W4_UP, "startup_s", pick), ".0f") for pick in (min, max))),
+    Q(SC, "That is {}–{}× the server's rate of the bars path in the same runs",
+      *((lambda pick=pick: pick(windows_over_bars()), ".0f") for pick in (min, max))),
+    Q(SC, "Ray Serve (below) spends {}–{}×", (lambda: min(ray_cpu_over_serve()), ".0f"),
+      (lambda: max(ray_cpu_over_serve()), ".0f")),
+    Q(SC, "its process {} cores busy", (ray(RAY1, PROXY1, "windows",
+      "cores_by_role.serve_proxy.max_process_cores", 64), ".1f")),
+    Q(SC, "{}–{}× the windows/s on the same replicas", (lambda: min(ha_over_proxy()), ".1f"),
+      (lambda: max(ha_over_proxy()), ".1f")),
+    Q(SC, "bound by its one Python process ({}–{} cores busy) while its GPU is {}–{}% busy",
+      *((lambda pick=pick: pick(model_replica_cores()), ".1f") for pick in (min, max)),
+      *((lambda pick=pick: pick(model_replica_gpu_busy()), ".0f") for pick in (min, max))),
+    Q(SC, "the {} in flight on it got a 503", (J(RAY3, "results[config=" + RAY_2GPU +
+      "].kill.summary.retried"), ".0f")),
+    Q(SC, "Serve started a new replica process {} s later, its GPU was busy again in second {}, "
+      "and meanwhile one GPU carried the load at {}% of the two-replica rate",
+      (J(RAY3, f"results[config={RAY_2GPU}].kill.summary.new_replica_process_after_s"), ".1f"),
+      (J(RAY3, f"results[config={RAY_2GPU}].kill.summary.victim_gpu_busy_again_in_second"), ".0f"),
+      (lambda: 100 * kill_share(), ".0f")),
+    Q(SC, "whose JSON and feature work are the server's CPU: {} windows/s at best with {} "
+      "workers", bars_best, bars_best_workers),
+    Q(SC, "got their last answer {}–{} ms later (p99 {}–{} ms) with 4–12 workers, {} ms with one",
+      *w4_up_burst,
+      (over(SERVING_W4_UP, "burst.last_answer_p99_ms", min), ".1f"),
+      (over(SERVING_W4_UP, "burst.last_answer_p99_ms", max), ".1f"),
+      (serving(RUN2_W1, "burst.last_answer_p50_ms"), ".0f")),
+    Q(SC, "(the GPU alone does {} windows/s at batch 1,024)", gpu_alone),
+    Q(SC, "half of one plain server on one GPU ({} against {} windows/s", two_gpu_ray_best,
+      serve4_64),
+    Q(SC, "it bounds a node at {}–{} windows/s ({}–{} requests of 64 windows per second",
+      *proxy_range, (extreme(proxy_req, min), ".0f"), (extreme(proxy_req, max), ".0f")),
+    Q(SC, "queue delay {} µs; CPU `256`, `[16, 256]`, {} µs.",
+      (lambda: DEFAULTS["gpu"].queue_delay_us, ".0f"),
+      (lambda: DEFAULTS["cpu"].queue_delay_us, ".0f")),
+    Q(SC, "| model forward, PyTorch CUDA eager | {} ms at batch 1, {} ms at 16, {} ms at 256, "
+      "{} ms at 1024 (~{}K windows/s) |", one_ms, sixteen_ms,
+      (fwd(H200, "torch", "cuda:0", 256), ".1f"), (fwd(H200, "torch", "cuda:0", 1024), ".1f"),
+      (fwd(H200, "torch", "cuda:0", 1024, "windows_per_s"), "k0")),
+    Q(SC, "| model forward, CUDA graphs (the default) | {} ms at batch 1, {} ms at 16, {} ms at "
+      "256, {} ms at 1024 (~{}K/s; ~{}K/s in bf16) |", graphs_1,
+      (fwd(H200, GRAPHS, CUDA, 16), ".2f"), graphs_256, (fwd(H200, GRAPHS, CUDA, 1024), ".1f"),
+      graphs_1024_wps, (fwd(H200, "torch+graphs+bf16", CUDA, 1024, "windows_per_s"), "k0")),
+    Q(SC, "| model forward, ONNX Runtime CPU (16 cores) | {} ms at 1, {} ms at 16, {} ms at 256, "
+      "{} ms at 1024 (~{}K/s) |", onnx_1, (fwd(H200, "onnx", "cpu", 16), ".1f"), onnx_256,
+      onnx_1024, onnx_1024_wps),
+    Q(SC, "(features, GARCH, JSON encode and decode {} ms, HTTP)",
+      (J(H200, "server.serialisation.total_ms"), ".2f")),
+    Q(SC, "answers {}–{} one-symbol requests/s on the H200 host (16 and 64 clients, 2026-11-30), "
+      "{}x LitServe",
+      (J(RUN2_W1, "server.throughput[clients=16].mlsignal_req_per_s"), ".0f"),
+      (J(RUN2_W1, "server.throughput[clients=64].mlsignal_req_per_s"), ".0f"),
+      (J(RUN2_W1, "server.throughput[clients=16].speedup_vs_litserve"), ".1f")),
+    Q(SC, "windows path (binary, 64 per request) {}–{} windows/s; bars path (64 symbols) up to {}; "
+      "a {}-symbol burst answered in {}–{} ms", *w4_up_windows, bars_best,
+      (serving(RUN3_W4, "burst.windows_per_burst"), ","), *w4_up_burst),
+    Q(SC, "One GPU replica forwards about {}K windows/s.", graphs_1024_wps),
+    Q(SC, "is only {} windows/s on average", (lambda: BURST_5000 / 60, ".0f")),
+    Q(SC, "one GPU replica forwards it in five passes of 1,024, about {} ms with CUDA graphs",
+      (lambda: 5 * fwd(H200, GRAPHS, CUDA, 1024)(), ".1f")),
+    Q(SC, "is about {} CPU-seconds ({} ms per symbol, measured with {} workers), so it needs at "
+      "least {} busy cores", (lambda: BURST_5000 * bars_cpu(), ".1f"),
+      (lambda: 1e3 * bars_cpu(), ".2f"), bars_best_workers,
+      (lambda: math.ceil(BURST_5000 * bars_cpu()), ".0f")),
+    Q(SC, "the server spends about {} CPU-seconds on it",
+      (lambda: BURST_5000 * per_window_cpu_s(RUN3_W4, "windows")(), ".2f")),
+    Q(SC, "near 70–80% of the ~{}K windows/s ceiling", graphs_1024_wps),
+    Q(SC, "gave {}× the windows/s of one with 16 clients ({} against {}, p99 {} against {} ms) "
+      "and {}× with 64 ({} against {}, p99 {} against {} ms), and a {}-symbol burst's last "
+      "answer in {} instead of {} ms",
+      *two_against_one(16), *two_against_one(64),
+      (ray(RAY3, RAY_2GPU, "burst", "windows_per_burst"), ","),
+      (ray(RAY3, RAY_2GPU, "burst", "last_answer_p50_ms"), ".1f"),
+      (ray(RAY3, RAY_1GPU, "burst", "last_answer_p50_ms"), ".1f")),
+    Q(SC, "on one GPU did {} and {} windows/s under the same loads and answered the burst in {} "
+      "ms", (ray(RAY1, SERVE4, "windows", "windows_per_s", 16), ","), serve4_64,
+      (ray(RAY1, SERVE4, "burst", "last_answer_p50_ms"), ".1f")),
+    Q(SC, "a second replica added nothing ({}–{} windows/s either way", *proxy_range),
+    Q(SC, "serve about {} windows/s per 16 cores with ONNX Runtime ({} ms per 1,024-window batch",
+      (fwd(H200, "onnx", "cpu", 1024, "windows_per_s"), ","), onnx_1024),
+    Q(SC, "and {} windows/s on a 2-core VM", (serving(VM2_SERVING, "windows.windows_per_s"), ",")),
     # -- config.pbtxt comments (src/mlsignal/triton_export.py) ----------------------------------
     Q("triton:gpu", "1: {} ms, 16: {} ms, 256: {} ms ({}K windows/s), 1024: {} ms ({}K/s), "
       "4096: {} ms ({}K/s)", one_ms, sixteen_ms,
@@ -275,13 +485,20 @@ NOT_MEASURED: tuple[tuple[str, str, str], ...] = (
     (ZH, "1,000 个品种", "an example load, not a measurement"),
     (EN, "100,000 bars (about 100 MB)", "the live runner's queue limit (src/mlsignal/live)"),
     (ZH, "最多容纳 100,000 根 K 线", "the live runner's queue limit (src/mlsignal/live)"),
+    (SC, "Ray 2.5x+", "a version number"),
+    (SC, "2× H200", "the machine: two H200 GPUs"),
+    (SC, "tested at 10× its limit", "the load of tests/integration/test_workers.py: 40 clients, 4"),
+    (EN, "one 64 × 29 window", "the model's input shape"),
+    (ZH, "64 × 29 的窗口", "the model's input shape"),
+    (SC, "5,000 symbols on one-minute bars", "an example load (BURST_5000), not a measurement"),
+    (SC, "a burst of 5,000 windows at each minute", "the same example load"),
 )
 
 #: A timing or throughput: a number (or range) with a unit, or a number with thousands
 #: separators (a count of windows or requests).
 MEASURE = re.compile(
     r"~?\d+(?:\.\d+)?(?:\s?[–-]\s?\d+(?:\.\d+)?)?\s?(?:K\s?)?"
-    r"(?:ms\b|µs\b|windows/s|K/s|req/s|x\b|\s?倍)"
+    r"(?:ms\b|µs\b|windows/s|K/s|req/s|x\b|×|%|\s?倍)"
     r"|(?<![\d,])\d{1,3}(?:,\d{3})+(?![\d,])"
 )
 _CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
@@ -312,7 +529,7 @@ def test_each_quoted_number_is_its_json_value(quote):
     )
 
 
-DOCS = (EN, ZH, "triton:gpu", "triton:cpu")
+DOCS = (EN, ZH, SC, "triton:gpu", "triton:cpu")
 
 
 @pytest.mark.parametrize("doc", DOCS)
