@@ -323,12 +323,15 @@ def test_hot_reload_then_sigterm_drain(tiny_bundle, server_factory, tmp_path, go
         c.close()
         n = len(load.codes)
         load.wait_for(n + 20)  # calls keep flowing across the swap
+        before = len(load.codes)
         server.signal(signal.SIGTERM)  # under load: calls in flight finish, new ones refused
         assert server.wait(timeout_s=60) == 0
     finally:
         load.stop()
-    assert set(load.codes) <= {"OK", "UNAVAILABLE"}, set(load.codes)
-    assert load.codes[: n + 20].count("OK") == n + 20  # nothing failed before the drain
+    # Refused: UNAVAILABLE, or CANCELLED for a call gRPC core had taken off the wire but not
+    # yet handed to the server when the port closed (grpc/grpc#41785; never processed).
+    assert set(load.codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, set(load.codes)
+    assert load.codes[:before].count("OK") == before  # nothing failed before the drain
     out = server.output()
     assert "gRPC drained" in out and "drained: batcher empty" in out
 

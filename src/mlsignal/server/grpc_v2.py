@@ -18,7 +18,8 @@ ServerReady, ServerMetadata, ModelMetadata, ModelReady, ModelInfer; see
   ``authorization: Bearer <key>`` or ``x-api-key: <key>`` (checked in constant time),
   else UNAUTHENTICATED; with ``--ssl-certfile/--ssl-keyfile`` the port speaks TLS;
 - one drain: on SIGTERM the port takes no new calls at once and calls in flight get the
-  grace period, before the batcher closes.
+  grace period, before the batcher closes. (A call gRPC core had read but not yet handed
+  to a handler when the port closed ends CANCELLED, not UNAVAILABLE: grpc/grpc#41785.)
 
 Calls are counted in the app's metrics under their method path (``route``) with the gRPC
 status name (``status``).
