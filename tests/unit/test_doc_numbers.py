@@ -37,8 +37,7 @@ RUN5_W4 = "docs/bench/h200-2026-11-30-run5-bench-w4.json"  # 4 workers, all read
 VM2_SERVING = "docs/bench/vm2core-2026-11-30-bench.json"  # serving paths on the 2-core VM
 SERVING = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "bench").glob("h200-*.json"))
 SERVING_W4_UP = [f for f in SERVING if f != RUN2_W1]  # the runs with 4 to 12 workers
-RAY1 = "docs/bench/h200x2-2026-11-30-ray-run1.json"  # 2x H200: plain serve, Serve's proxy
-RAY3 = "docs/bench/h200x2-2026-11-30-ray-run3.json"  # 2x H200: HAProxy, 16 ingress replicas
+RAY1, RAY2, RAY3 = (f"docs/bench/h200x2-2026-11-30-ray-run{i}.json" for i in (1, 2, 3))  # 2x H200
 
 Value = Callable[[], float]
 
@@ -185,8 +184,9 @@ def extreme(values: list[Value], pick: Callable[..., float]) -> Value:
 
 SERVE4, PROXY1, PROXY2 = "serve:4", "ray:1:8:proxy", "ray:2:8:proxy"
 RAY_1GPU, RAY_2GPU = "ray:1:16:ha/calls=1", "ray:2:16:ha/calls=1+kill"  # the default shape
-proxy_rows = [ray(RAY1, c, "windows", k, n) for c in (PROXY1, PROXY2) for n in (16, 64)
-              for k in ("windows_per_s",)]  # fmt: skip
+proxy_rows = [
+    ray(RAY1, c, "windows", "windows_per_s", n) for c in (PROXY1, PROXY2) for n in (16, 64)
+]
 proxy_req = [ray(RAY1, c, "windows", "req_per_s", n) for c in (PROXY1, PROXY2) for n in (16, 64)]
 proxy_range = ((extreme(proxy_rows, min), ","), (extreme(proxy_rows, max), ","))
 w4_up_windows = ((over(SERVING_W4_UP, "windows.windows_per_s", min), ","),
@@ -194,8 +194,7 @@ w4_up_windows = ((over(SERVING_W4_UP, "windows.windows_per_s", min), ","),
 w4_up_burst = ((over(SERVING_W4_UP, "burst.last_answer_p50_ms", min), ".1f"),
                (over(SERVING_W4_UP, "burst.last_answer_p50_ms", max), ".1f"))  # fmt: skip
 gpu_alone = (fwd(RUN2_W1, GRAPHS, CUDA, 1024, "windows_per_s"), ",")
-two_gpu_ray_best = (ray("docs/bench/h200x2-2026-11-30-ray-run2.json", "ray:2:8:ha/calls=1",
-                        "windows", "windows_per_s", 64), ",")  # fmt: skip
+two_gpu_ray_best = (ray(RAY2, "ray:2:8:ha/calls=1", "windows", "windows_per_s", 64), ",")
 serve4_64 = (ray(RAY1, SERVE4, "windows", "windows_per_s", 64), ",")
 onnx_1024 = (fwd(H200, "onnx", "cpu", 1024), ".0f")
 onnx_1024_wps = (fwd(H200, "onnx", "cpu", 1024, "windows_per_s"), "k1")
@@ -223,10 +222,9 @@ def kill_share() -> float:
 
 def ray_rows(load: str = "windows", clients: int | None = None) -> list[tuple[str, dict]]:
     """(config, load row) of every HAProxy configuration (``ha``, ``hat``) in the Ray runs."""
-    files = [f"docs/bench/h200x2-2026-11-30-ray-run{i}.json" for i in (1, 2, 3)]
     return [
         (r["config"], row)
-        for f in files
+        for f in (RAY1, RAY2, RAY3)
         for r in _load(f)["results"]
         if ":ha" in r["config"]
         for row in r["loads"]
@@ -247,12 +245,9 @@ def ha_over_proxy() -> list[float]:
 
 def ray_cpu_over_serve() -> list[float]:
     """Server CPU per request of each HAProxy row over plain serve's (64 clients)."""
-    plain = ray(RAY1, SERVE4, "windows", "server_cores", 64)() / serve4_64_req()
+    plain = (ray(RAY1, SERVE4, "windows", "server_cores", 64)()
+             / ray(RAY1, SERVE4, "windows", "req_per_s", 64)())  # fmt: skip
     return [row["server_cores"] / row["req_per_s"] / plain for _, row in ray_rows(clients=64)]
-
-
-def serve4_64_req() -> float:
-    return ray(RAY1, SERVE4, "windows", "req_per_s", 64)()
 
 
 def windows_over_bars() -> list[float]:
@@ -273,11 +268,10 @@ def model_replica_gpu_busy() -> list[float]:
     """Busy % of each GPU that holds a model replica, RAY3's default shape, both loads."""
     busy = []
     for config, replicas in ((RAY_1GPU, 1), (RAY_2GPU, 2)):
-        for n in (16, 64):
-            row = _load(RAY3)["results"]
-            load = next(r for r in row if r["config"] == config)["loads"]
-            pct = next(x for x in load if x["load"] == "windows" and x["clients"] == n)
-            busy += pct["gpu_busy_pct"][:replicas]
+        loads = next(r for r in _load(RAY3)["results"] if r["config"] == config)["loads"]
+        for row in loads:
+            if row["load"] == "windows":  # 16 and 64 clients
+                busy += row["gpu_busy_pct"][:replicas]
     return busy
 
 
