@@ -8,7 +8,9 @@ first, from ``since`` (or the newest ``limit``), at most ``limit``, the last one
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+from contextlib import closing
 
 import pandas as pd
 import pytest
@@ -148,13 +150,56 @@ def test_exchange_errors_while_polling_are_logged_once_and_retried(closes, caplo
     assert "read timed out" in caplog.text and "recovered" in caplog.text
 
 
-def test_a_bad_candle_is_a_data_error_naming_the_symbol(closes):
-    bad = list(closes)
-    bad[3] = -1.0
-    now = (T0 + 10 * MIN + 5_000) / 1000
-    feed, _ex, _ = _feed(bad, now)
-    with pytest.raises(PriceError, match="SPX/USD candles from the exchange"):
-        feed.poll()
+class PoisonedExchange(FakeExchange):
+    """Candles that are not bars: ``negative`` (a negative price), ``nan`` (a NaN close),
+    ``timeless`` (no open time)."""
+
+    def __init__(self, closes, clock: Clock, negative=3, nan=5, timeless=7) -> None:
+        bad = list(closes)
+        bad[negative], bad[nan] = -1.0, float("nan")
+        super().__init__(bad, clock)
+        self.timeless_ms = T0 + timeless * MIN
+
+    def fetch_ohlcv(self, symbol, timeframe, since=None, limit=None):
+        got = super().fetch_ohlcv(symbol, timeframe, since, limit)
+        return [[None, *k[1:]] if k[0] == self.timeless_ms else k for k in got]
+
+
+def _poisoned(closes, now_s, bad=(3, 5, 7), **kw):
+    clock = Clock(now_s)
+    ex = PoisonedExchange(closes, clock, *bad)
+    return CcxtFeed(ex, "1m", ["SPX/USD"], clock=clock, grace_s=2.0, page=50, **kw), ex, clock
+
+
+def test_bad_candles_are_quarantined_once_and_the_good_ones_go_on(closes):
+    feed, ex, clock = _poisoned(closes, (T0 + 10 * MIN + 5_000) / 1000)
+    assert _minutes(feed.poll()) == [0, 1, 2, 4, 6, 8, 9]  # candles 0..9 closed
+    bad = feed.rejected
+    assert [(r.source, r.symbol, r.line) for r in bad] == [("SPX/USD", "SPX/USD", None)] * 3
+    assert all(not r.reason.startswith("row") for r in bad), bad  # the candle's own reason
+    assert any("not finite" in r.reason for r in bad), bad
+    assert any("timestamp" in r.reason for r in bad) and any("None" in r.raw for r in bad), bad
+    assert [c for c in bad if c.raw.startswith(f"[{T0 + 3 * MIN}, ")], bad  # the candle as sent
+    clock.t += 60
+    assert _minutes(feed.poll()) == [10] and len(feed.rejected) == 3  # not fetched again
+    assert ex.calls[-1][2] == T0 + 9 * MIN + 1
+
+
+def test_ticks_yield_the_quarantined_candles_before_the_bars(closes):
+    stop = threading.Event()
+    feed, _ex, _clock = _poisoned(
+        closes, (T0 + 12 * MIN + 5_000) / 1000, sleep=lambda ev, s: ev.set()
+    )
+    ticks = list(feed.ticks(stop, Resume({}, context_bars=20)))
+    assert [type(x).__name__ for x in ticks[0]] == ["Rejection"] * 3
+    assert [m for t in ticks[1:] for m in _minutes(t)] == [0, 1, 2, 4, 6, 8, 9, 10, 11]
+    assert feed.rejected == []  # handed over once
+
+
+def test_strict_stops_at_a_bad_candle_naming_the_symbol(closes):
+    feed, _ex, _ = _poisoned(closes, (T0 + 10 * MIN + 5_000) / 1000, strict=True)
+    with pytest.raises(PriceError, match=rf"SPX/USD candle from the exchange \[{T0 + 3 * MIN}, "):
+        feed.poll()  # the first bad one in the exchange's order
 
 
 def test_config_errors():
@@ -164,3 +209,32 @@ def test_config_errors():
             timeframe_seconds(bad)
     with pytest.raises(ConfigError, match="--symbols"):
         CcxtFeed(object(), "1m", [])
+
+
+def test_a_live_run_quarantines_bad_candles_and_records_the_rest(tiny_bundle, closes, tmp_path):
+    """The runner on the exchange feed: a bad candle used to end the run (DataError); now it
+    is in table ``rejected`` and every good candle after it is recorded."""
+    from mlsignal.enhancer import MLSignalEnhancer
+    from mlsignal.live import LiveRunner, SqliteSink
+
+    polls = []
+
+    def sleep(ev, s):  # each wait: one minute later; the sixth one stops the run
+        polls.append(s)
+        clock.t += 60
+        if len(polls) == 6:
+            ev.set()
+
+    feed, _ex, clock = _poisoned(
+        closes, (T0 + 300 * MIN + 5_000) / 1000, bad=(301, 302, 303), sleep=sleep
+    )  # 0..299 closed at the start; 300..305 close while it polls
+    db = tmp_path / "x.db"
+    enhancer = MLSignalEnhancer(tiny_bundle, device="cpu", allow_timeframe_mismatch=True)
+    summary = LiveRunner(enhancer, feed, SqliteSink(db)).run()
+    with closing(sqlite3.connect(db)) as con:
+        recorded = [r[0] for r in con.execute("SELECT bar_ts FROM signals ORDER BY bar_ts")]
+        rejected = con.execute("SELECT source, line, symbol, raw FROM rejected").fetchall()
+    minute = {pd.Timestamp(T0 + m * MIN, unit="ms").isoformat(): m for m in range(400)}
+    got = [minute[t] for t in recorded]
+    assert got[-3:] == [299, 300, 304] and summary.errors == 0, got
+    assert len(rejected) == 3 and {r[:3] for r in rejected} == {("SPX/USD", None, "SPX/USD")}

@@ -47,8 +47,10 @@ at the first bar not recorded. The API key comes from $GPU_INFERENCE_API_KEY or
 bad lines: a line of a replayed or followed file that is not a bar (not a number, high below
 low, not after the previous bar, a field too many) is quarantined: logged once with its file
 and line number, kept in table 'rejected' of --db (with --sink jsonl: in DB-NAME.rejected.jsonl
-next to --db), and the run goes on; a restart neither stops on it nor records it twice.
---strict stops at the first one instead (exit 2, one line naming the file and line).
+next to --db), and the run goes on; a restart neither stops on it nor records it twice. An
+exchange candle that is not a bar (a missing price, high below low) is quarantined the same
+way, with the symbol as its source. --strict stops at the first one instead (exit 2, one
+line naming the file and line, or the symbol).
 
 busy database: a write that finds --db locked by another connection is retried until the
 bar's deadline, then kept in memory and written, in order, before the next bar; nothing is
@@ -72,8 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="stop (exit 2) at the first bad line of a replayed or followed file instead of "
-        "quarantining it",
+        help="stop (exit 2) at the first bad line of a replayed or followed file, or the first "
+        "bad exchange candle, instead of quarantining it",
     )
     _add_pacing(p)
     _add_enhancer(p)

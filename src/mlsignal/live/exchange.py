@@ -10,6 +10,13 @@ newer than the last delivered per symbol go out.
 At start it fetches enough closed candles for the runner's context (``resume.context_bars``)
 and, after a restart, everything since the last recorded bar, page by page; then it polls.
 ccxt is imported only when an exchange is named by string; tests pass an exchange object.
+
+A candle that is not a bar (a missing or non-finite price, high below low, no timestamp) is
+**quarantined**: it becomes a :class:`~mlsignal.live.rows.Rejection` (source and symbol: the
+exchange symbol; raw: the candle as the exchange sent it; the reason), yielded before the
+tick's bars so that the runner records it in table ``rejected``, and the other candles go on
+as if it were not there. The feed moves past it, so it is fetched (and logged) once. With
+``strict`` the first bad candle raises its :class:`~mlsignal.errors.DataError` instead.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import pandas as pd
 
 from mlsignal.data import normalize_bars
 from mlsignal.errors import ConfigError, DataError, UnavailableError
-from mlsignal.live.feeds import Bar, Resume, frame_to_bars, group_by_time
+from mlsignal.live.feeds import Bar, Resume, Tick, frame_to_bars, group_by_time
+from mlsignal.live.rows import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,7 @@ class CcxtFeed:
         page: most candles asked for per request while catching up.
         clock: seconds since the epoch (injectable for tests).
         sleep: injectable wait ``(event, seconds)``; default ``event.wait``.
+        strict: a bad candle raises instead of being quarantined.
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class CcxtFeed:
         page: int = 500,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[threading.Event, float], object] | None = None,
+        strict: bool = False,
     ) -> None:
         if not symbols:
             raise ConfigError("the exchange feed needs --symbols (e.g. BTC/USDT,ETH/USDT)")
@@ -97,37 +107,65 @@ class CcxtFeed:
         self.page = page
         self._clock = clock
         self._sleep = sleep or (lambda ev, s: ev.wait(s))
+        self.strict = strict
         self.last: dict[str, pd.Timestamp] = {}  # last candle delivered per symbol
+        self.rejected: list[Rejection] = []  # quarantined candles not yet yielded by ticks()
         self._failing: str | None = None
 
     # --- the closed-candle rule --------------------------------------------------------------
     def closed(self, candles: Sequence[Sequence[float]]) -> list[Sequence[float]]:
-        """The candles whose close time is at least ``grace_s`` in the past."""
-        now_ms = self._clock() * 1e3
-        tf_ms, grace_ms = self.tf_s * 1e3, self.grace_s * 1e3
-        return [c for c in candles if c[0] + tf_ms + grace_ms <= now_ms]
+        """The candles whose close time is at least ``grace_s`` in the past. One without a
+        usable open time (which :meth:`to_bars` quarantines) counts as closed once a candle
+        after it in the answer (oldest first) is: it may be the one still forming."""
+        now = pd.Timestamp(self._clock() * 1e3 - (self.tf_s + self.grace_s) * 1e3, unit="ms")
+        out: list[Sequence[float]] = []
+        later_closed = False
+        for c in reversed(candles):
+            ts = _open_time(c)
+            if ts is None:
+                if later_closed:
+                    out.append(c)
+            elif ts <= now:
+                later_closed = True
+                out.append(c)
+        return out[::-1]
 
     def to_bars(self, symbol: str, candles: Sequence[Sequence[float]]) -> list[Bar]:
-        """Closed candles newer than the last delivered, as validated bars (updates ``last``)."""
-        rows = self.closed(candles)
+        """Closed candles newer than the last delivered, as validated bars (updates ``last``);
+        a bad one goes to :attr:`rejected` (or raises, ``strict``)."""
+        rows = [r for r in self.closed(candles) if not self._seen(symbol, r)]
         if not rows:
             return []
-        raw = pd.DataFrame(
-            [list(r[:6]) for r in rows],
-            columns=["timestamp", "open", "high", "low", "close", "volume"],
-        )
-        raw["timestamp"] = pd.to_datetime(raw["timestamp"], unit="ms", utc=True)
-        raw = raw.drop_duplicates("timestamp", keep="last").sort_values("timestamp")
         try:
-            frame = normalize_bars(raw)
-        except DataError as e:
-            raise type(e)(f"{symbol} candles from the exchange: {e}") from e
-        last = self.last.get(symbol)
-        if last is not None:
-            frame = frame[frame.index > last]
-        if len(frame):
-            self.last[symbol] = frame.index[-1]
+            frame = normalize_bars(_frame(rows))
+        except DataError:
+            rows = [r for r in rows if self._valid(symbol, r)]
+            frame = normalize_bars(_frame(rows)) if rows else None
+        if frame is None or not len(frame):
+            return []
+        self.last[symbol] = max(frame.index[-1], self.last.get(symbol, frame.index[-1]))
         return frame_to_bars(symbol, frame)
+
+    def _seen(self, symbol: str, candle: Sequence[Any]) -> bool:
+        """A candle at or before the last delivered (or quarantined) one of ``symbol``."""
+        last = self.last.get(symbol)
+        return last is not None and _open_time(candle) is not None and _open_time(candle) <= last
+
+    def _valid(self, symbol: str, candle: Sequence[Any]) -> bool:
+        """Whether ``candle`` alone is a bar; if not, quarantine it and move past it (or
+        raise, ``strict``)."""
+        try:
+            normalize_bars(_frame([candle]))
+            return True
+        except DataError as e:
+            reason, raw = _ROW.sub("", str(e)), _raw(candle)
+            if self.strict:
+                raise type(e)(f"{symbol} candle from the exchange {raw}: {reason}") from e
+            self.rejected.append(Rejection(symbol, None, raw, reason, symbol))
+            ts = _open_time(candle)
+            if ts is not None and (symbol not in self.last or ts > self.last[symbol]):
+                self.last[symbol] = ts
+            return False
 
     # --- fetching ----------------------------------------------------------------------------
     def fetch(self, symbol: str, since_ms: int | None, limit: int) -> list[Sequence[float]]:
@@ -184,16 +222,25 @@ class CcxtFeed:
                 log.info("exchange feed recovered")
         self._failing = reason
 
-    def ticks(self, stop: threading.Event, resume: Resume) -> Iterator[list[Bar]]:
-        """Backfill, then poll every ``poll_s`` and yield new closed candles by bar time."""
+    def ticks(self, stop: threading.Event, resume: Resume) -> Iterator[Tick]:
+        """Backfill, then poll every ``poll_s`` and yield new closed candles by bar time (the
+        candles quarantined meanwhile first, as a tick of their own)."""
         history: list[Bar] = []
         for symbol in self.symbols:
             history.extend(self.backfill(symbol, resume))
+        yield from self._quarantined()
         yield from group_by_time(history)
         while not stop.is_set():
-            yield from group_by_time(self.poll())
+            bars = self.poll()
+            yield from self._quarantined()
+            yield from group_by_time(bars)
             if not stop.is_set():
                 self._sleep(stop, self.poll_s)
+
+    def _quarantined(self) -> Iterator[Tick]:
+        if self.rejected:
+            out, self.rejected = self.rejected, []
+            yield out
 
     def close(self) -> None:
         """Close the exchange's HTTP session if it has one."""
@@ -203,3 +250,27 @@ class CcxtFeed:
                 closer()
             except Exception as exc:  # closing must never mask the run's own outcome
                 log.debug("closing the exchange failed: %s", exc)
+
+
+_COLUMNS = ["timestamp", "open", "high", "low", "close", "volume"]
+_ROW = re.compile(r"^row 1(?: \([^)]*\))?: ")  # normalize_bars' row prefix: one candle
+
+
+def _frame(candles: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """ccxt candles as a bars frame (timestamps from epoch ms, UTC), deduplicated, sorted."""
+    raw = pd.DataFrame([list(r[:6]) for r in candles], columns=_COLUMNS)
+    raw["timestamp"] = pd.to_datetime(raw["timestamp"], unit="ms", utc=True, errors="coerce")
+    return raw.drop_duplicates("timestamp", keep="last").sort_values("timestamp")
+
+
+def _open_time(candle: Sequence[Any]) -> pd.Timestamp | None:
+    """The candle's open time (naive UTC, as bar indexes are), or None without a usable one."""
+    try:
+        return pd.Timestamp(int(candle[0]), unit="ms")
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+
+
+def _raw(candle: Sequence[Any]) -> str:
+    """The candle as the exchange sent it: ``[1704067380000, -1.0, 0.0, -2.0, -1.0, 13.0]``."""
+    return repr([x.item() if hasattr(x, "item") else x for x in candle])

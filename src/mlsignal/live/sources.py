@@ -65,7 +65,7 @@ def make_feed(
     strict: bool = False,
 ) -> Feed:
     """Build the feed a :class:`SourceSpec` names; ``strict``: a bad line in a replayed or
-    followed file raises instead of being quarantined."""
+    followed file, or a bad exchange candle, raises instead of being quarantined."""
     if spec.kind == "replay":
         return ReplayFeed.from_paths(
             spec.entries, symbols, strict=strict, pace_s=pace_s, speed=speed
@@ -78,4 +78,4 @@ def make_feed(
         return FollowFeed(expand_paths(spec.entries), symbols, poll_s=poll_s or 1.0, strict=strict)
     from mlsignal.live.exchange import CcxtFeed
 
-    return CcxtFeed(spec.exchange, spec.timeframe, symbols or (), poll_s=poll_s)
+    return CcxtFeed(spec.exchange, spec.timeframe, symbols or (), poll_s=poll_s, strict=strict)
