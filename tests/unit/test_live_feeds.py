@@ -31,6 +31,25 @@ def test_one_file_per_symbol_csv_and_parquet(tmp_path, spx):
     assert len(data["short"]) == 30
 
 
+def test_freqtrade_feather_files_replay_with_bad_rows_quarantined(tmp_path, spx):
+    """freqtrade's data files (``<PAIR>-<timeframe>.feather``, column ``date`` in UTC) replay as
+    any bars file, from a path or their directory; a bad row is quarantined by row number."""
+    pytest.importorskip("pyarrow")
+    df = spx.reset_index().rename(columns={"timestamp": "date"})
+    df["date"] = df["date"].dt.tz_localize("UTC").dt.as_unit("ms")
+    df.loc[5, "high"] = df.loc[5, "low"] / 2  # high below low: not a bar
+    (tmp_path / "user_data").mkdir()
+    path = tmp_path / "user_data" / "SPX_USDT-1d.feather"
+    df.to_feather(path, compression="lz4")
+    feed = make_feed(parse_source(f"replay:{tmp_path / 'user_data'}"))
+    ticks = _ticks(feed)
+    (rejected,), bars = ticks[0], [b for t in ticks[1:] for b in t]
+    assert (rejected.line, rejected.symbol) == (6, "SPX_USDT-1d")  # row 6 of the file
+    assert rejected.reason.startswith("high ") and "below" in rejected.reason
+    assert [b.ts for b in bars] == list(spx.index.drop(spx.index[5]))
+    assert bars[-1].close == spx["close"].iloc[-1]
+
+
 def test_a_symbol_column_splits_one_file_and_a_directory_reads_all(tmp_path, spx):
     a = spx.reset_index().assign(symbol="AAA")
     b = (spx * 2).reset_index().assign(symbol="BBB")

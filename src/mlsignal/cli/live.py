@@ -31,9 +31,10 @@ LOCAL_DEADLINE_MS = 10_000.0
 
 SOURCE_HELP = """\
 sources:
-  replay:ENTRY[,ENTRY...]   replay bars, then exit. ENTRY: a CSV/Parquet file (symbol = file
-                            name, or a 'symbol' column for many), a directory of them, or a
-                            sample (sp500, nasdaq). A plain ENTRY[,ENTRY...] means the same.
+  replay:ENTRY[,ENTRY...]   replay bars, then exit. ENTRY: a CSV/Parquet/Feather file
+                            (symbol = file name, or a 'symbol' column for many), a directory
+                            of them, or a sample (sp500, nasdaq). A plain ENTRY[,ENTRY...]
+                            means the same.
   follow:FILE[,FILE...]     tail-follow growing CSV files until stopped (also: --follow PATH).
                             A last line without its newline is not a bar yet.
   ccxt:EXCHANGE:TIMEFRAME   poll closed candles, e.g. ccxt:binance:1m --symbols BTC/USDT

@@ -32,13 +32,12 @@ import numpy as np
 import pandas as pd
 
 from mlsignal.data import BAR_COLUMNS, SAMPLES, load_sample
-from mlsignal.data.io import CSV_SUFFIXES, PARQUET_SUFFIXES
+from mlsignal.data.io import BAR_FILE_SUFFIXES as BAR_SUFFIXES
+from mlsignal.data.io import symbol_of
 from mlsignal.errors import ConfigError, DataError
 from mlsignal.live.rows import Rejection, bars_of, read_file_rows
 
 log = logging.getLogger(__name__)
-
-BAR_SUFFIXES: tuple[str, ...] = CSV_SUFFIXES + PARQUET_SUFFIXES
 
 
 class Bar(NamedTuple):
@@ -80,15 +79,6 @@ class Feed(Protocol):
 
 
 # --- loading bar files ---------------------------------------------------------------------
-def symbol_of(path: str | Path) -> str:
-    """``data/btc.csv.gz`` -> ``btc``: the file name without its bars extension."""
-    name = Path(path).name
-    for suffix in sorted(BAR_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
-
-
 def expand_paths(entries: Sequence[str]) -> list[str]:
     """Sample names and files as given; a directory becomes its bar files, sorted by name."""
     out: list[str] = []
@@ -107,7 +97,7 @@ def expand_paths(entries: Sequence[str]) -> list[str]:
 def read_file(
     path: str | Path, *, strict: bool = True
 ) -> tuple[dict[str, pd.DataFrame], list[Rejection]]:
-    """``({symbol: bars}, rejections)`` of one CSV or Parquet file (see :mod:`.rows`): a
+    """``({symbol: bars}, rejections)`` of one CSV, Parquet or Feather file (see :mod:`.rows`): a
     bad row is quarantined as a :class:`~mlsignal.live.rows.Rejection`, or with ``strict``
     raises a DataError naming the file and the line."""
     path = Path(path)

@@ -8,7 +8,7 @@ it were not there. With ``strict`` the first bad line (in file order) raises its
 :class:`~mlsignal.errors.DataError` instead, naming the file and the line.
 
 Lines are numbered as an editor numbers them: the header is line 1, the first bar line 2.
-Parquet files have no lines: there ``line`` is the 1-based row number.
+Parquet and Feather files have no lines: there ``line`` is the 1-based row number.
 
 A clean file costs what it did before this module: one ``read_csv`` and one
 :func:`~mlsignal.data.normalize_bars` per symbol. Only a chunk that fails takes the slow
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mlsignal.data import normalize_bars
+from mlsignal.data.io import FEATHER_SUFFIXES
 from mlsignal.errors import DataError, MissingColumnError, PriceError, TimestampError
 
 #: Column names (any case) that mark a multi-symbol file.
@@ -115,8 +116,8 @@ class Reading:
 def read_file_rows(
     path: str | Path, default_symbol: str, *, strict: bool
 ) -> tuple[dict[str, pd.DataFrame], list[Rejection]]:
-    """``({symbol: bars}, rejections)`` of a CSV (``.csv``, ``.csv.gz``) or Parquet file;
-    a file without a single row is a DataError."""
+    """``({symbol: bars}, rejections)`` of a CSV (``.csv``, ``.csv.gz``), Parquet or Feather
+    (freqtrade's data files) file; a file without a single row is a DataError."""
     path = Path(path)
     how = Reading(os.path.abspath(path), str(path), default_symbol, strict=strict)
     if path.name.lower().endswith((".csv", ".csv.gz")):
@@ -125,7 +126,8 @@ def read_file_rows(
             data = gzip.decompress(data)
         frames, rejections = parse_csv(*split_header(data), how)
     else:
-        raw = pd.read_parquet(path)
+        read = pd.read_feather if path.name.lower().endswith(FEATHER_SUFFIXES) else pd.read_parquet
+        raw = read(path)
         texts = [",".join(map(str, row)) for row in raw.itertuples(index=True, name=None)]
         rows = _Rows(raw, list(range(1, len(raw) + 1)), texts, lambda kept: raw.iloc[kept])
         frames, rejections = parse_rows(rows, how, [])

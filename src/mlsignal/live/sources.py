@@ -1,10 +1,10 @@
 """``--source`` specs -> feeds.
 
 =================================  ==========================================================
-``replay:ENTRY[,ENTRY...]``        replay files to the end, then stop. ENTRY is a CSV/Parquet
-                                   file (one symbol, named after the file, or a ``symbol``
-                                   column), a directory of such files, or a sample name
-                                   (``sp500``, ``nasdaq``)
+``replay:ENTRY[,ENTRY...]``        replay files to the end, then stop. ENTRY is a CSV, Parquet
+                                   or Feather file (one symbol, named after the file, or a
+                                   ``symbol`` column), a directory of such files, or a sample
+                                   name (``sp500``, ``nasdaq``)
 ``ENTRY[,ENTRY...]``               the same (``--follow`` makes it ``follow:``)
 ``follow:FILE[,FILE...]``          tail-follow growing CSV files until stopped
 ``ccxt:EXCHANGE:TIMEFRAME``        poll closed candles, e.g. ``ccxt:binance:1m`` with
