@@ -160,6 +160,12 @@ def test_cli_ends_with_the_verdict(
     assert out[verdict] == "VERDICT: no skill detected"  # no null, no claim of skill
     assert out.index(next(line for line in out if line.startswith("report: "))) < verdict
     assert "--permutations 0" in out[verdict + 2]
+    # a strategy that never held a position has no Sharpe ratio: said so, not "+nan"
+    assert not [line for line in out if "nan" in line.split()[-1] or "=+nan" in line], out
+    flat = [x for x in out if "turnover/yr=0.0 " in x + " "]
+    assert flat, out  # this bundle's Kelly is flat (no skill): enhanced_kelly never trades
+    for line in flat:
+        assert "sharpe=n/a" in line and line.endswith("(never in the market)"), line
 
 
 def test_allow_in_sample_is_marked_not_honest(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -148,11 +148,18 @@ def summary(m: dict) -> str:
     )
     for name, s in bt["pooled"].items():
         lines.append(
-            f"{name:<17} sharpe={s['sharpe']:+.2f} return={s['total_return']:+.2%} "
-            f"maxdd={s['max_drawdown']:.2%} hit={s['hit_rate']:.3f} "
+            f"{name:<17} sharpe={_num(s['sharpe'], '+.2f')} return={s['total_return']:+.2%} "
+            f"maxdd={s['max_drawdown']:.2%} hit={_num(s['hit_rate'], '.3f')} "
             f"turnover/yr={s['turnover_per_year']:.1f}"
+            + ("  (never in the market)" if s["turnover_per_year"] == 0 else "")
         )
     return "\n".join(lines)
+
+
+def _num(v: float | None, spec: str) -> str:
+    """``v`` formatted, or ``n/a`` where there is none (a strategy that never held a position
+    has no Sharpe ratio and no hit rate)."""
+    return "n/a" if v is None or v != v else format(v, spec)
 
 
 def verdict_lines(m: dict) -> str:
