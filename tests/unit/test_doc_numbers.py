@@ -479,7 +479,6 @@ NOT_MEASURED: tuple[tuple[str, str, str], ...] = (
     (ZH, "1,000 个品种", "an example load, not a measurement"),
     (EN, "100,000 bars (about 100 MB)", "the live runner's queue limit (src/mlsignal/live)"),
     (ZH, "最多容纳 100,000 根 K 线", "the live runner's queue limit (src/mlsignal/live)"),
-    (SC, "Ray 2.5x+", "a version number"),
     (SC, "2× H200", "the machine: two H200 GPUs"),
     (SC, "tested at 10× its limit", "the load of tests/integration/test_workers.py: 40 clients, 4"),
     (EN, "one 64 × 29 window", "the model's input shape"),
