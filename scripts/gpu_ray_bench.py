@@ -49,9 +49,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlsignal.bench.burst import BurstSpec, run_burst
+from mlsignal.bench.burst import run_burst
 from mlsignal.bench.loadgen import LoadSpec, run_load
-from mlsignal.bench.paths import INFER_PATH, infer_load, wait_workers
+from mlsignal.bench.paths import INFER_PATH, burst_spec, infer_load, wait_workers
 from mlsignal.bench.procs import ServerProc, free_port
 from mlsignal.bench.usage import descendants
 from mlsignal.bundle import load_bundle
@@ -325,12 +325,8 @@ def measure(config: str, bundle_dir: Path, a: argparse.Namespace) -> dict[str, A
             row = {"load": "windows", "windows_per_request": a.windows, **r.to_dict(), **usage}
             out["loads"].append(row)
             print(json.dumps({"config": config, **row}), flush=True)
-        burst_body, burst_headers, _ = infer_load(bundle, a.burst_symbols)
-        spec = BurstSpec(
-            proc.url + INFER_PATH, burst_body, hosts=a.burst_hosts, bursts=a.bursts,
-            windows_per_request=a.burst_symbols, headers=burst_headers, content_type=ctype,
-            processes=min(a.load_processes, a.burst_hosts),
-        )  # fmt: skip
+        spec = burst_spec(proc.url, bundle, a.burst_symbols, a.burst_hosts, a.bursts,
+                          a.load_processes)  # fmt: skip
         b, usage = measured(proc, lambda: run_burst(spec))
         row = {"load": "burst", **b.to_dict(), **usage}
         out["loads"].append(row)

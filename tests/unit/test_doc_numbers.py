@@ -82,9 +82,14 @@ def serving(file: str, path: str) -> Value:
     return J(file, f"serving.{path}")
 
 
+def extreme(values: list[Value], pick: Callable[..., float]) -> Value:
+    """``pick`` (min or max) of several values."""
+    return lambda: pick(v() for v in values)
+
+
 def over(files: list[str], path: str, pick: Callable[..., float]) -> Value:
     """``pick`` (min or max) of ``serving.path`` over several runs."""
-    return lambda: pick(serving(f, path)() for f in files)
+    return extreme([serving(f, path) for f in files], pick)
 
 
 def fmt(value: float, spec: str) -> str:
@@ -176,10 +181,6 @@ def ray(file: str, config: str, load: str, key: str, clients: int | None = None)
     """One load's number of one configuration in a Ray bench JSON (scripts/gpu-ray-bench)."""
     sel = f"load={load}" + (f",clients={clients}" if clients else "")
     return J(file, f"results[config={config}].loads[{sel}].{key}")
-
-
-def extreme(values: list[Value], pick: Callable[..., float]) -> Value:
-    return lambda: pick(v() for v in values)
 
 
 SERVE4, PROXY1, PROXY2 = "serve:4", "ray:1:8:proxy", "ray:2:8:proxy"

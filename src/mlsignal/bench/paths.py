@@ -82,6 +82,19 @@ def infer_load(bundle: Bundle, n: int) -> tuple[bytes, tuple[tuple[str, str], ..
     return body, tuple(headers.items()), ctype
 
 
+def burst_spec(
+    url: str, bundle: Bundle, symbols: int, hosts: int, bursts: int, processes: int
+) -> BurstSpec:
+    """The bar-close burst against server ``url``: ``hosts`` hosts each send ``symbols``
+    windows (V2 binary) at the same instant, ``bursts`` times, from at most ``processes``
+    load processes."""
+    body, headers, ctype = infer_load(bundle, symbols)
+    return BurstSpec(
+        url + INFER_PATH, body, hosts=hosts, bursts=bursts, windows_per_request=symbols,
+        headers=headers, content_type=ctype, processes=min(processes, hosts),
+    )  # fmt: skip
+
+
 def bars_body(bundle: Bundle, symbols: int) -> bytes:
     """``/v1/enhance`` with ``symbols`` symbols of ``min_bars`` real bars each (ss/bs given,
     as the remote client sends them)."""
@@ -187,12 +200,8 @@ def measure_paths(bundle_dir: Path, bundle: Bundle, cfg: PathsConfig) -> dict[st
                                  one_headers)  # fmt: skip
         out["bars"] = load("/v1/enhance", bars_body(bundle, cfg.bars_symbols), cfg.bars_symbols,
                            cfg.clients, max(1, cfg.requests // 10), wire.JSON_TYPE)  # fmt: skip
-        burst_body, burst_headers, _ = infer_load(bundle, cfg.burst_symbols)
-        spec = BurstSpec(
-            proc.url + INFER_PATH, burst_body, hosts=cfg.burst_hosts, bursts=cfg.bursts,
-            windows_per_request=cfg.burst_symbols, headers=burst_headers, content_type=binary,
-            processes=min(cfg.load_processes, cfg.burst_hosts),
-        )  # fmt: skip
+        spec = burst_spec(proc.url, bundle, cfg.burst_symbols, cfg.burst_hosts, cfg.bursts,
+                          cfg.load_processes)  # fmt: skip
         result, usage = _usage(pid, lambda: run_burst(spec))
         out["burst"] = {**result.to_dict(), **usage}
     return out

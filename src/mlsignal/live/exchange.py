@@ -34,7 +34,7 @@ import pandas as pd
 from mlsignal.data import normalize_bars
 from mlsignal.errors import ConfigError, DataError, UnavailableError
 from mlsignal.live.feeds import Bar, Resume, Tick, frame_to_bars, group_by_time
-from mlsignal.live.rows import Rejection
+from mlsignal.live.rows import Rejection, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ class CcxtFeed:
 
     def _seen(self, symbol: str, candle: Sequence[Any]) -> bool:
         """A candle at or before the last delivered (or quarantined) one of ``symbol``."""
-        last = self.last.get(symbol)
-        return last is not None and _open_time(candle) is not None and _open_time(candle) <= last
+        last, ts = self.last.get(symbol), _open_time(candle)
+        return last is not None and ts is not None and ts <= last
 
     def _valid(self, symbol: str, candle: Sequence[Any]) -> bool:
         """Whether ``candle`` alone is a bar; if not, quarantine it and move past it (or
@@ -158,7 +158,7 @@ class CcxtFeed:
             normalize_bars(_frame([candle]))
             return True
         except DataError as e:
-            reason, raw = _ROW.sub("", str(e)), _raw(candle)
+            reason, raw = reason_of(e), _raw(candle)
             if self.strict:
                 raise type(e)(f"{symbol} candle from the exchange {raw}: {reason}") from e
             self.rejected.append(Rejection(symbol, None, raw, reason, symbol))
@@ -253,7 +253,6 @@ class CcxtFeed:
 
 
 _COLUMNS = ["timestamp", "open", "high", "low", "close", "volume"]
-_ROW = re.compile(r"^row 1(?: \([^)]*\))?: ")  # normalize_bars' row prefix: one candle
 
 
 def _frame(candles: Sequence[Sequence[Any]]) -> pd.DataFrame:

@@ -32,8 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mlsignal.data import BAR_COLUMNS, SAMPLES, load_sample
-from mlsignal.data.io import BAR_FILE_SUFFIXES as BAR_SUFFIXES
-from mlsignal.data.io import symbol_of
+from mlsignal.data.io import BAR_FILE_SUFFIXES, symbol_of
 from mlsignal.errors import ConfigError, DataError
 from mlsignal.live.rows import Rejection, bars_of, read_file_rows
 
@@ -85,9 +84,11 @@ def expand_paths(entries: Sequence[str]) -> list[str]:
     for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.name.lower().endswith(BAR_SUFFIXES))
+            files = sorted(p for p in path.iterdir() if p.name.lower().endswith(BAR_FILE_SUFFIXES))
             if not files:
-                raise DataError(f"{path}: no bar files ({', '.join(BAR_SUFFIXES)}) in directory")
+                raise DataError(
+                    f"{path}: no bar files ({', '.join(BAR_FILE_SUFFIXES)}) in directory"
+                )
             out.extend(str(p) for p in files)
         else:
             out.append(entry)
@@ -102,9 +103,9 @@ def read_file(
     raises a DataError naming the file and the line."""
     path = Path(path)
     name = path.name.lower()
-    if not name.endswith(BAR_SUFFIXES):
+    if not name.endswith(BAR_FILE_SUFFIXES):
         raise DataError(
-            f"{path}: unknown bars file type; expected one of {', '.join(BAR_SUFFIXES)}"
+            f"{path}: unknown bars file type; expected one of {', '.join(BAR_FILE_SUFFIXES)}"
         )
     if not path.is_file():
         raise DataError(f"{path}: no such file")
